@@ -1,0 +1,1 @@
+"""faust-streaming agents for low-rate control streams (tables with changelogs, web views)."""

@@ -1,0 +1,30 @@
+"""Event-time helpers: epoch milliseconds (int64) <-> RFC 3339 strings, UTC."""
+
+from datetime import UTC, datetime
+
+MS_PER_MINUTE = 60_000
+MS_PER_HOUR = 3_600_000
+MS_PER_DAY = 86_400_000
+
+
+def ms_to_iso(ms: int) -> str:
+    """RFC 3339 UTC string with millisecond precision, e.g. ``2026-11-23T17:20:39.123Z``."""
+    dt = datetime.fromtimestamp(ms / 1000.0, tz=UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{int(ms) % 1000:03d}Z"
+
+
+def now_ms() -> int:
+    """Wall-clock now in epoch milliseconds (only for ``emitted_at``-style fields)."""
+    return int(datetime.now(tz=UTC).timestamp() * 1000)
+
+
+def month_index(ms: int) -> int:
+    """Calendar month (UTC) of an epoch-ms instant as ``year*12 + month-1``."""
+    dt = datetime.fromtimestamp(ms / 1000.0, tz=UTC)
+    return dt.year * 12 + dt.month - 1
+
+
+def month_start_ms(index: int) -> int:
+    """Epoch ms of the first instant of calendar month ``index`` (see :func:`month_index`)."""
+    year, month0 = divmod(index, 12)
+    return int(datetime(year, month0 + 1, 1, tzinfo=UTC).timestamp() * 1000)
