@@ -1,0 +1,159 @@
+-- llmops-stream ClickHouse schema. Applied at start, idempotently (CREATE ... IF NOT EXISTS);
+-- statements are separated by lines holding only ';'. {db} is replaced by the database name.
+--
+-- Exactness: every insert carries a deterministic insert_deduplication_token, so a batch
+-- written twice (retry, crash before the offset commit) is stored once. Plain MergeTree keeps
+-- that deduplication (non_replicated_deduplication_window) and keeps sums exact; dashboards
+-- and `report` aggregate with sum() ... GROUP BY.
+
+CREATE TABLE IF NOT EXISTS {db}.llm_calls
+(
+    event_id            String,
+    ts                  DateTime64(3, 'UTC'),
+    tenant_id           LowCardinality(String),
+    app                 LowCardinality(String),
+    provider            LowCardinality(String),
+    model               LowCardinality(String),
+    served_model        LowCardinality(String),
+    model_mismatch      UInt8,
+    prompt_id           LowCardinality(String),
+    prompt_version      LowCardinality(String),
+    status              LowCardinality(String),
+    route_tier          LowCardinality(String),
+    route_escalated     UInt8,
+    input_tokens        UInt64,
+    output_tokens       UInt64,
+    cache_read_tokens   UInt64,
+    cache_write_tokens  UInt64,
+    reasoning_tokens    UInt64,
+    cost_usd            Float64,
+    unpriced            UInt8,
+    latency_ms          Float32,   -- NaN when the event had none
+    ttft_ms             Float32,   -- NaN when the event had none
+    context_window      UInt32,    -- 0 when unknown
+    embedding_model     LowCardinality(String),
+    eval_set_version    LowCardinality(String),
+    scored              UInt8,
+    uncovered           UInt8,
+    centroid_sim        Float32,   -- NaN when not scored
+    nn_sim              Float32,   -- NaN when not scored
+    index_version       LowCardinality(String),
+    retrieval_chunks    UInt16,
+    stale_chunks        UInt16,
+    outdated_chunks     UInt16,
+    stale               UInt8,
+    source              LowCardinality(String),  -- topic name, or file for replay
+    kafka_partition     Int32,
+    kafka_offset        Int64,
+    ingested_at         DateTime64(3, 'UTC')
+)
+ENGINE = MergeTree
+PARTITION BY toYYYYMM(ts)
+ORDER BY (tenant_id, ts, event_id)
+SETTINGS non_replicated_deduplication_window = 100000
+;
+CREATE TABLE IF NOT EXISTS {db}.llm_usage_1m
+(
+    minute              DateTime('UTC'),
+    tenant_id           LowCardinality(String),
+    app                 LowCardinality(String),
+    model               LowCardinality(String),
+    prompt_version      LowCardinality(String),
+    index_version       LowCardinality(String),
+    calls               UInt64,
+    errors              UInt64,
+    rate_limited        UInt64,
+    timeouts            UInt64,
+    cache_hits          UInt64,
+    unpriced            UInt64,
+    model_mismatch      UInt64,
+    escalated           UInt64,
+    input_tokens        UInt64,
+    output_tokens       UInt64,
+    cache_read_tokens   UInt64,
+    cache_write_tokens  UInt64,
+    reasoning_tokens    UInt64,
+    cost_usd            Float64,
+    latency_hist        Array(UInt64),  -- counts per bin of stream/histograms.py (merge: sumForEach)
+    scored              UInt64,
+    uncovered           UInt64,
+    retrieval_calls     UInt64,
+    stale_calls         UInt64,
+    stale_chunks        UInt64,
+    outdated_chunks     UInt64,
+    stale_lag_hist      Array(UInt64)   -- ts - source_updated_at of outdated chunks, ms bins
+)
+ENGINE = MergeTree
+PARTITION BY toYYYYMM(minute)
+ORDER BY (tenant_id, minute, app, model, prompt_version, index_version)
+SETTINGS non_replicated_deduplication_window = 100000
+;
+CREATE TABLE IF NOT EXISTS {db}.llm_budget_state
+(
+    tenant_id       LowCardinality(String),
+    budget_id       String,
+    window          LowCardinality(String),
+    limit_usd       Float64,
+    spend_usd       Float64,
+    remaining_usd   Float64,
+    status          LowCardinality(String),
+    as_of           DateTime64(3, 'UTC'),
+    period_start    DateTime64(3, 'UTC'),
+    updated_at      DateTime64(3, 'UTC'),
+    version         UInt64
+)
+ENGINE = ReplacingMergeTree(version)
+ORDER BY (tenant_id, budget_id)
+SETTINGS non_replicated_deduplication_window = 100000
+;
+CREATE TABLE IF NOT EXISTS {db}.llm_alerts
+(
+    alert_id        String,
+    type            LowCardinality(String),
+    severity        LowCardinality(String),
+    tenant_id       LowCardinality(String),
+    app             LowCardinality(String),
+    metric          LowCardinality(String),
+    value           Float64,
+    threshold       Float64,
+    window_start    DateTime64(3, 'UTC'),
+    window_end      DateTime64(3, 'UTC'),
+    emitted_at      DateTime64(3, 'UTC'),
+    details         String   -- JSON object
+)
+ENGINE = ReplacingMergeTree
+ORDER BY alert_id
+SETTINGS non_replicated_deduplication_window = 100000
+;
+CREATE TABLE IF NOT EXISTS {db}.llm_rejected
+(
+    received_at     DateTime64(3, 'UTC'),
+    reason          LowCardinality(String),
+    detail          String,
+    tenant_id       String,   -- empty when the event was unreadable
+    event_id        String,
+    source          LowCardinality(String),
+    kafka_partition Int32,
+    kafka_offset    Int64,
+    raw             String    -- the original bytes, unchanged
+)
+ENGINE = MergeTree
+ORDER BY (reason, received_at)
+SETTINGS non_replicated_deduplication_window = 100000
+;
+CREATE TABLE IF NOT EXISTS {db}.llm_eval_candidates
+(
+    event_id         String,
+    ts               DateTime64(3, 'UTC'),
+    tenant_id        LowCardinality(String),
+    app              LowCardinality(String),
+    embedding_model  LowCardinality(String),
+    eval_set_version LowCardinality(String),
+    nn_sim           Float32,
+    centroid_sim     Float32,
+    nearest_eval_id  String,
+    embedding        Array(Float32)
+)
+ENGINE = ReplacingMergeTree
+ORDER BY (embedding_model, event_id)
+SETTINGS non_replicated_deduplication_window = 100000

@@ -1,0 +1,294 @@
+"""The ``llmops-stream`` command line: demo, replay, report.
+
+User errors (bad files, flags, unreachable ClickHouse) print one actionable line on stderr
+and exit 2; no tracebacks. Every flag has an env twin (``LLMOPS_…``, see settings.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from .errors import ConfigError
+from .settings import Settings, load_settings
+
+EXIT_USAGE = 2
+
+_DESCRIPTION = """\
+Streaming processor for LLM call telemetry: prices every call per tenant, keeps rolling
+budgets with hard caps, scores inputs against the eval set (drift), flags stale RAG chunks,
+and writes per-minute aggregates and alerts to ClickHouse.
+
+Start with `llmops-stream demo`, then `llmops-stream report`.
+"""
+
+
+def _add_engine_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prices", help="price override JSON file (env LLMOPS_PRICES)")
+    p.add_argument("--budgets", help="budget JSON file (env LLMOPS_BUDGETS)")
+    p.add_argument("--eval-set", dest="eval_set", help="eval-set JSONL (env LLMOPS_EVAL_SET)")
+    _add_clickhouse_flags(p)
+    p.add_argument(
+        "--batch-size", dest="batch_size", type=int,
+        help="events per micro-batch (env LLMOPS_BATCH_SIZE, default 20000)",
+    )
+
+
+def _add_clickhouse_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--clickhouse",
+        help="chdb://PATH (embedded, default ~/.local/share/llmops-stream/chdb) or "
+        "http(s)://HOST:PORT (env LLMOPS_CLICKHOUSE)",
+    )
+    p.add_argument(
+        "--database", dest="clickhouse_database",
+        help="ClickHouse database (env LLMOPS_CLICKHOUSE_DATABASE, default llmops)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
+    parser = argparse.ArgumentParser(
+        prog="llmops-stream",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = sub.add_parser(
+        "demo",
+        help="synthetic traffic through the whole engine into ClickHouse, with a summary",
+        description="Generate realistic synthetic traffic (tenants, models, caching, "
+        "embeddings that drift, stale retrieval) with an eval set and budgets, run it "
+        "through the engine into ClickHouse and print a summary.",
+    )
+    demo.add_argument("--events", type=int, default=200_000, help="events to generate")
+    demo.add_argument("--tenants", type=int, default=40, help="number of tenants")
+    demo.add_argument("--seed", type=int, default=7, help="random seed")
+    _add_clickhouse_flags(demo)
+
+    rep = sub.add_parser(
+        "replay",
+        help="JSONL events (files or - for stdin) through the engine, no Kafka",
+        description="Replay call events, one JSON object per line, through the engine into "
+        "ClickHouse. Replaying the same file twice stores nothing twice.",
+    )
+    rep.add_argument("files", nargs="+", metavar="FILE", help="JSONL file(s), or - for stdin")
+    _add_engine_flags(rep)
+
+    report = sub.add_parser(
+        "report",
+        help="per-tenant totals and alerts read back from ClickHouse",
+        description="Per-tenant totals (calls, cost, tokens, drift, freshness, rejected) "
+        "and alerts from ClickHouse.",
+    )
+    report.add_argument("--json", action="store_true", help="print the JSON report")
+    _add_clickhouse_flags(report)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    keys = (
+        "clickhouse", "clickhouse_database", "prices", "budgets", "eval_set", "batch_size",
+    )
+    return load_settings({k: getattr(args, k, None) for k in keys})
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def _connect(settings: Settings) -> Any:
+    from .sink_clickhouse import connect  # noqa: PLC0415 - heavy, after arg parsing
+
+    return connect(
+        settings.clickhouse,
+        settings.clickhouse_database,
+        user=settings.clickhouse_user,
+        password=settings.clickhouse_password.get_secret_value(),
+    )
+
+
+def cmd_replay(args: argparse.Namespace, console: Console) -> int:
+    """``replay FILE…|-``."""
+    from .pipeline import build_engine, replay  # noqa: PLC0415
+    from .sink_clickhouse import ClickHouseSink  # noqa: PLC0415
+
+    for f in args.files:
+        if f != "-" and not Path(f).is_file():
+            raise ConfigError(f"no such file: {f}")
+    settings = _settings(args)
+    engine = build_engine(settings)
+    client = _connect(settings)
+    sink = ClickHouseSink(client, settings.clickhouse_database)
+    total = sum(Path(f).stat().st_size for f in args.files if f != "-") or None
+    with _progress(Console(stderr=True)) as progress:
+        task = progress.add_task("replay", total=total, rate="")
+        started = time.perf_counter()
+        events = 0
+
+        def on_progress(consumed: int, n: int) -> None:
+            nonlocal events
+            events += n
+            rate = events / max(time.perf_counter() - started, 1e-9)
+            progress.update(task, advance=consumed, rate=f"{events:,} events {rate:,.0f}/s")
+
+        result = replay(
+            args.files, engine, sink, batch_size=settings.batch_size,
+            flush_rows=settings.flush_rows, on_progress=on_progress,
+        )
+    _print_run_summary(console, result.stats, result.alerts, result.seconds)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, console: Console) -> int:
+    """``report [--json]``."""
+    from .report import budget_states, build_report  # noqa: PLC0415
+
+    settings = _settings(args)
+    client = _connect(settings)
+    rep = build_report(client, settings.clickhouse_database)
+    if args.json:
+        sys.stdout.write(orjson.dumps(rep, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 0
+    _print_report(console, rep, budget_states(client, settings.clickhouse_database))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, console: Console) -> int:
+    """``demo``: synthetic traffic → engine → ClickHouse → summary."""
+    from .demo import run_demo  # noqa: PLC0415
+
+    if args.events <= 0 or args.tenants <= 0:
+        raise ConfigError("--events and --tenants must be positive")
+    settings = _settings(args)
+    with tempfile.TemporaryDirectory(prefix="llmops-demo-") as tmp:
+        progress = _progress(Console(stderr=True))
+        result = run_demo(
+            settings, Path(tmp), n_events=args.events, n_tenants=args.tenants,
+            seed=args.seed, progress=progress, connect=_connect,
+        )
+    _print_run_summary(console, result.stats, result.alerts, result.seconds)
+    from .report import budget_states, build_report  # noqa: PLC0415
+
+    client = _connect(settings)
+    _print_report(console, build_report(client, settings.clickhouse_database),
+                  budget_states(client, settings.clickhouse_database))
+    console.print(
+        f"\nData is in ClickHouse at [bold]{settings.clickhouse}[/] (database "
+        f"[bold]{settings.clickhouse_database}[/]). Read it back with "
+        "[bold]llmops-stream report[/] (or [bold]report --json[/])."
+    )
+    return 0
+
+
+def _print_run_summary(console: Console, stats: Any, alerts: Any, seconds: float) -> None:
+    events = stats.get("events", 0)
+    console.print(
+        f"\n[bold]Processed[/] {events:,} events in {seconds:.1f} s "
+        f"({events / max(seconds, 1e-9):,.0f} events/s): {stats.get('valid', 0):,} valid, "
+        f"{stats.get('duplicates', 0):,} duplicates, {stats.get('rejected', 0):,} rejected, "
+        f"{stats.get('unpriced', 0):,} unpriced."
+    )
+    reasons = {k.split(":", 1)[1]: v for k, v in stats.items() if k.startswith("rejected:")}
+    if reasons:
+        console.print(
+            "Rejected by reason: " + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items()))
+        )
+    if alerts:
+        console.print("Alerts: " + ", ".join(f"{k} {v}" for k, v in sorted(alerts.items())))
+
+
+def _share(num: int, den: int) -> str:
+    return f"{num / den:.1%}" if den else "-"
+
+
+def _print_report(console: Console, rep: dict[str, Any], states: list[tuple[Any, ...]]) -> None:
+    worst: dict[str, str] = {}
+    order = {"ok": 0, "warn": 1, "exceeded": 2}
+    for tenant, _budget, _window, _spend, _limit, status in states:
+        if order.get(status, 0) >= order.get(worst.get(tenant, "ok"), 0):
+            worst[tenant] = status
+    table = Table(title="Per-tenant totals (from ClickHouse)", show_lines=False)
+    for col in ("tenant", "calls", "cost USD", "budget", "drift share", "stale share", "rejected"):
+        table.add_column(col, justify="left" if col in ("tenant", "budget") else "right")
+    tenants = sorted(rep["tenants"].items(), key=lambda kv: -kv[1]["cost_usd"])
+    colour = {"ok": "green", "warn": "yellow", "exceeded": "bold red"}
+    for tenant, t in tenants[:25]:
+        status = worst.get(tenant, "-")
+        table.add_row(
+            tenant or "(unreadable)",
+            f"{t['calls']:,}",
+            f"{t['cost_usd']:,.4f}",
+            f"[{colour.get(status, 'white')}]{status}[/]",
+            _share(t["uncovered_calls"], t["scored_calls"]),
+            _share(t["stale_calls"], t["retrieval_calls"]),
+            f"{t['rejected']:,}",
+        )
+    if len(tenants) > 25:
+        table.caption = f"top 25 of {len(tenants)} tenants by cost"
+    console.print(table)
+    total = sum(t["cost_usd"] for t in rep["tenants"].values())
+    calls = sum(t["calls"] for t in rep["tenants"].values())
+    by_type: dict[str, int] = {}
+    for a in rep["alerts"]:
+        by_type[f"{a['type']}/{a['severity']}"] = by_type.get(f"{a['type']}/{a['severity']}", 0) + 1
+    console.print(
+        f"Total: {calls:,} calls, {total:,.4f} USD; budgets exceeded: "
+        f"{sum(1 for s in worst.values() if s == 'exceeded')} tenants, warn: "
+        f"{sum(1 for s in worst.values() if s == 'warn')}; alerts: "
+        + (", ".join(f"{k} {v}" for k, v in sorted(by_type.items())) or "none")
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``llmops-stream``; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    logging.basicConfig(
+        level=logging.WARNING,
+        format='{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}',
+    )
+    console = Console()
+    handlers = {"demo": cmd_demo, "replay": cmd_replay, "report": cmd_report}
+    try:
+        return handlers[args.command](args, console)
+    except ConfigError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

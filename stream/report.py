@@ -1,0 +1,95 @@
+"""Per-tenant totals and alerts read back from ClickHouse (``llmops-stream report``).
+
+The JSON shape is a contract (SPEC §4): ``{"tenants": {"<id>": {calls, cost_usd,
+input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, scored_calls,
+uncovered_calls, retrieval_calls, stale_calls, rejected}}, "alerts": [<alert>…]}``.
+Rejected events whose tenant could not be read are reported under the tenant id ``""``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from .timeutil import ms_to_iso
+
+TENANT_FIELDS = (
+    "calls",
+    "cost_usd",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "scored_calls",
+    "uncovered_calls",
+    "retrieval_calls",
+    "stale_calls",
+    "rejected",
+)
+
+
+def build_report(client: Any, database: str) -> dict[str, Any]:
+    """Read the report from ``database`` (sums over ``llm_usage_1m``, ``llm_rejected``)."""
+    db = database
+    tenants: dict[str, dict[str, Any]] = {}
+    rows = client.query(
+        f"""SELECT tenant_id, sum(calls), sum(cost_usd), sum(input_tokens), sum(output_tokens),
+                  sum(cache_read_tokens), sum(cache_write_tokens), sum(scored), sum(uncovered),
+                  sum(retrieval_calls), sum(stale_calls)
+           FROM {db}.llm_usage_1m GROUP BY tenant_id ORDER BY tenant_id"""
+    ).result_rows
+    for row in rows:
+        values = dict(zip(TENANT_FIELDS[:-1], row[1:], strict=True))
+        tenants[row[0]] = {k: (float(v) if k == "cost_usd" else int(v)) for k, v in values.items()}
+        tenants[row[0]]["rejected"] = 0
+    for tenant, count in client.query(
+        f"SELECT tenant_id, count() FROM {db}.llm_rejected GROUP BY tenant_id ORDER BY tenant_id"
+    ).result_rows:
+        entry = tenants.setdefault(tenant, {k: 0 for k in TENANT_FIELDS})
+        entry["cost_usd"] = float(entry["cost_usd"])
+        entry["rejected"] = int(count)
+    alerts = []
+    for r in client.query(
+        f"""SELECT alert_id, type, severity, tenant_id, app, metric, value, threshold,
+                  toUnixTimestamp64Milli(window_start), toUnixTimestamp64Milli(window_end),
+                  toUnixTimestamp64Milli(emitted_at), details
+           FROM {db}.llm_alerts FINAL ORDER BY window_start, tenant_id, alert_id"""
+    ).result_rows:
+        alerts.append(
+            {
+                "alert_id": r[0],
+                "type": r[1],
+                "severity": r[2],
+                "tenant_id": r[3],
+                "app": r[4],
+                "metric": r[5],
+                "value": r[6],
+                "threshold": r[7],
+                "window_start": ms_to_iso(r[8]),
+                "window_end": ms_to_iso(r[9]),
+                "emitted_at": ms_to_iso(r[10]),
+                "details": orjson.loads(r[11]) if r[11] else {},
+            }
+        )
+    return {"tenants": tenants, "alerts": alerts}
+
+
+def budget_states(client: Any, database: str) -> list[tuple[Any, ...]]:
+    """Latest budget state rows: (tenant, budget, window, spend, limit, status)."""
+    return list(
+        client.query(
+            f"""SELECT tenant_id, budget_id, window, spend_usd, limit_usd, status
+               FROM {database}.llm_budget_state FINAL ORDER BY tenant_id, budget_id"""
+        ).result_rows
+    )
+
+
+def rejected_by_reason(client: Any, database: str) -> dict[str, int]:
+    """Rejected events per reason code."""
+    return {
+        reason: int(n)
+        for reason, n in client.query(
+            f"SELECT reason, count() FROM {database}.llm_rejected GROUP BY reason ORDER BY reason"
+        ).result_rows
+    }

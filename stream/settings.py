@@ -1,0 +1,60 @@
+"""Settings from environment variables (``LLMOPS_…``) and CLI flags (flags win).
+
+Every CLI flag has an env twin: ``--clickhouse`` ↔ ``LLMOPS_CLICKHOUSE``, ``--prices`` ↔
+``LLMOPS_PRICES``, ``--bootstrap-servers`` ↔ ``LLMOPS_KAFKA_BOOTSTRAP_SERVERS``, … Secrets
+are :class:`pydantic.SecretStr`, so they never appear in logs or reprs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import ConfigError
+
+DEFAULT_CLICKHOUSE = "chdb://~/.local/share/llmops-stream/chdb"
+
+
+class Settings(BaseSettings):
+    """All settings of the engine, the CLI and the worker."""
+
+    model_config = SettingsConfigDict(env_prefix="LLMOPS_", extra="ignore")
+
+    clickhouse: str = Field(DEFAULT_CLICKHOUSE, description="chdb://PATH or http(s)://HOST:PORT")
+    clickhouse_database: str = "llmops"
+    clickhouse_user: str = "default"
+    clickhouse_password: SecretStr = SecretStr("")
+    prices: Path | None = Field(None, description="price override JSON file")
+    budgets: Path | None = Field(None, description="budget JSON file")
+    eval_set: Path | None = Field(None, description="eval-set JSONL file")
+    eval_threshold: float | None = Field(None, description="override the calibrated threshold")
+    batch_size: int = Field(20_000, gt=0, description="events per engine micro-batch")
+    flush_rows: int = Field(200_000, gt=0, description="call rows buffered per ClickHouse flush")
+    drift_threshold: float = Field(0.15, ge=0, le=1)
+    drift_min_count: int = Field(50, ge=1)
+    freshness_threshold: float = Field(0.2, ge=0, le=1)
+    freshness_min_count: int = Field(20, ge=1)
+    freshness_max_age_days: float = Field(30.0, gt=0)
+    window_minutes: int = Field(15, gt=0, description="drift/freshness alert window")
+    candidate_share: float = Field(0.05, ge=0, le=1)
+    dedup_horizon_hours: float = Field(24.0, gt=0)
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    group: str = "llmops-stream"
+    topic: str = "llm.calls"
+    log_level: str = "WARNING"
+
+
+def load_settings(overrides: dict[str, Any]) -> Settings:
+    """Settings from env, with non-None ``overrides`` (CLI flags) on top; ConfigError if bad."""
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(
+            f"bad setting {name} (flag --{name.replace('_', '-')} / env LLMOPS_{name.upper()}): "
+            f"{err['msg']}"
+        ) from None

@@ -1,0 +1,296 @@
+"""ClickHouse sink: buffers engine outputs and writes them as large columnar Arrow inserts.
+
+Contract: ``add(output)`` buffers one :class:`~.engine.BatchOutput`; ``flush(token)``
+writes everything buffered, one insert per table, each with the insert deduplication token
+``f"{token}:{table}"``. The caller picks tokens that name exactly what a flush covers (e.g.
+source positions), so writing the same flush twice — a retry, or a replay after a crash —
+stores it once.
+
+URLs: ``chdb://PATH`` opens the embedded engine (chDB, one path per process; ``~`` is
+expanded, relative paths are relative to the working directory); ``http(s)://host:port``
+speaks to a server. Credentials come from settings and are never logged.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+import msgspec
+import numpy as np
+import pyarrow as pa
+
+from llmops_stream.schemas import read_text
+
+from .alerts import Alert
+from .budgets import BudgetState
+from .engine import BatchOutput
+from .errors import ConfigError
+from .timeutil import iso_to_ms, now_ms
+
+_DB_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+_TS_MS = pa.timestamp("ms", tz="UTC")
+_TS_S = pa.timestamp("s", tz="UTC")
+
+
+def connect(
+    url: str, database: str, *, user: str = "default", password: str = "", create: bool = True
+) -> Any:
+    """A clickhouse-connect client for ``url``, with ``database`` created and the schema applied.
+
+    Raises :class:`ConfigError` for a malformed URL or database name, or an unreachable server.
+    """
+    import clickhouse_connect  # noqa: PLC0415 - heavy import, only when a sink is used
+
+    if not _DB_NAME.match(database):
+        raise ConfigError(f"invalid ClickHouse database name {database!r} (letters, digits, _)")
+    parsed = urlparse(url)
+    try:
+        if parsed.scheme == "chdb":
+            path = os.path.expanduser(url[len("chdb://") :]) or "."
+            os.makedirs(path, exist_ok=True)
+            client = clickhouse_connect.get_client(interface="chdb", path=path)
+        elif parsed.scheme in ("http", "https"):
+            client = clickhouse_connect.get_client(
+                host=parsed.hostname or "localhost",
+                port=parsed.port or (8443 if parsed.scheme == "https" else 8123),
+                secure=parsed.scheme == "https",
+                username=parsed.username or user,
+                password=parsed.password or password,
+            )
+        else:
+            raise ConfigError(
+                f"unsupported ClickHouse URL {_redact(url)!r}: use chdb://PATH or http(s)://HOST:PORT"
+            )
+    except ConfigError:
+        raise
+    except Exception as exc:  # connection errors come in many types across interfaces
+        raise ConfigError(f"cannot open ClickHouse at {_redact(url)}: {exc}") from exc
+    if create:
+        apply_schema(client, database)
+    return client
+
+
+def _redact(url: str) -> str:
+    parsed = urlparse(url)
+    if parsed.password:
+        return url.replace(f":{parsed.password}@", ":***@")
+    return url
+
+
+def apply_schema(client: Any, database: str) -> None:
+    """Create the database and every table of ``schemas/clickhouse.sql`` if missing."""
+    client.command(f"CREATE DATABASE IF NOT EXISTS {database}")
+    for statement in read_text("clickhouse.sql").split("\n;\n"):
+        body = "\n".join(
+            line for line in statement.splitlines() if not line.lstrip().startswith("--")
+        ).strip()
+        if body:
+            client.command(body.replace("{db}", database))
+
+
+def _strings(values: Any) -> pa.Array:
+    return pa.array(values, type=pa.string())
+
+
+def _ms(values: Any) -> pa.Array:
+    return pa.array(np.asarray(values, dtype=np.int64), type=pa.int64()).cast(_TS_MS)
+
+
+_CALL_TYPES: dict[str, Any] = {
+    "ts": _ms,
+    "model_mismatch": pa.uint8(),
+    "route_escalated": pa.uint8(),
+    "input_tokens": pa.uint64(),
+    "output_tokens": pa.uint64(),
+    "cache_read_tokens": pa.uint64(),
+    "cache_write_tokens": pa.uint64(),
+    "reasoning_tokens": pa.uint64(),
+    "cost_usd": pa.float64(),
+    "unpriced": pa.uint8(),
+    "latency_ms": pa.float32(),
+    "ttft_ms": pa.float32(),
+    "context_window": pa.uint32(),
+    "scored": pa.uint8(),
+    "uncovered": pa.uint8(),
+    "centroid_sim": pa.float32(),
+    "nn_sim": pa.float32(),
+    "retrieval_chunks": pa.uint16(),
+    "stale_chunks": pa.uint16(),
+    "outdated_chunks": pa.uint16(),
+    "stale": pa.uint8(),
+    "kafka_partition": pa.int32(),
+    "kafka_offset": pa.int64(),
+}
+
+
+def _arrow(columns: dict[str, list[Any]], types: dict[str, Any]) -> pa.Table:
+    """Concatenate buffered column chunks into one Arrow table (strings by default)."""
+    arrays = {}
+    for name, chunks in columns.items():
+        kind = types.get(name, "string")
+        if kind == "string":
+            arrays[name] = pa.array(np.concatenate(chunks) if chunks else [], type=pa.string())
+        elif callable(kind):
+            arrays[name] = kind(np.concatenate(chunks))
+        elif isinstance(kind, pa.ListType):
+            arrays[name] = pa.array([x for c in chunks for x in c], type=kind)
+        else:
+            values = np.concatenate(chunks) if chunks else np.zeros(0)
+            arrays[name] = pa.array(values.astype(kind.to_pandas_dtype(), copy=False), type=kind)
+    return pa.table(arrays)
+
+
+_USAGE_TYPES: dict[str, Any] = {
+    "minute": lambda v: pa.array(np.asarray(v, np.int64)).cast(_TS_S),
+    "cost_usd": pa.float64(),
+    "latency_hist": pa.list_(pa.uint64()),
+    "stale_lag_hist": pa.list_(pa.uint64()),
+}
+_REJECTED_TYPES: dict[str, Any] = {
+    "kafka_partition": pa.int32(),
+    "kafka_offset": pa.int64(),
+}
+_CANDIDATE_TYPES: dict[str, Any] = {
+    "ts": _ms,
+    "nn_sim": pa.float32(),
+    "centroid_sim": pa.float32(),
+    "embedding": pa.list_(pa.float32()),
+}
+
+
+@dataclass
+class ClickHouseSink:
+    """Buffers :class:`BatchOutput` columns and inserts them table by table on flush."""
+
+    client: Any
+    database: str
+    _calls: dict[str, list[Any]] = field(default_factory=dict)
+    _usage: dict[str, list[Any]] = field(default_factory=dict)
+    _rejected: dict[str, list[Any]] = field(default_factory=dict)
+    _candidates: dict[str, list[Any]] = field(default_factory=dict)
+    _alerts: list[Alert] = field(default_factory=list)
+    _states: dict[tuple[str, str], BudgetState] = field(default_factory=dict)
+    rows_buffered: int = 0
+
+    def add(self, out: BatchOutput) -> None:
+        """Buffer one batch's outputs (no I/O)."""
+        for buf, cols in (
+            (self._calls, out.calls),
+            (self._usage, out.usage),
+            (self._rejected, out.rejected),
+            (self._candidates, out.candidates),
+        ):
+            for name, values in cols.items():
+                buf.setdefault(name, []).append(
+                    values if isinstance(values, np.ndarray) else _as_array(values)
+                )
+        self._alerts.extend(out.alerts)
+        for s in out.budget_states:
+            self._states[(s.tenant_id, s.budget_id)] = s  # only the latest state matters
+        self.rows_buffered += len(out.calls["event_id"])
+
+    def add_alerts(self, alerts: list[Alert]) -> None:
+        """Buffer alerts produced outside a batch (e.g. windows closed at the end)."""
+        self._alerts.extend(alerts)
+
+    def add_states(self, states: list[BudgetState]) -> None:
+        """Buffer budget states produced outside a batch (e.g. the final state of a replay)."""
+        for s in states:
+            self._states[(s.tenant_id, s.budget_id)] = s
+
+    def flush(self, token: str) -> dict[str, int]:
+        """Insert everything buffered; returns rows written per table. Idempotent per token."""
+        written: dict[str, int] = {}
+        ingested = now_ms()
+        if self._calls and sum(len(c) for c in self._calls["event_id"]):
+            tbl = _arrow(self._calls, _CALL_TYPES)
+            tbl = tbl.append_column(
+                "ingested_at", pa.array(np.full(tbl.num_rows, ingested, np.int64)).cast(_TS_MS)
+            )
+            written["llm_calls"] = self._insert("llm_calls", tbl, token)
+        if self._usage and sum(len(c) for c in self._usage["minute"]):
+            written["llm_usage_1m"] = self._insert(
+                "llm_usage_1m", _arrow(self._usage, _USAGE_TYPES), token
+            )
+        if self._rejected and sum(len(c) for c in self._rejected["reason"]):
+            raw = [bytes(x) for c in self._rejected.pop("raw") for x in c]
+            tbl = _arrow(self._rejected, _REJECTED_TYPES)
+            tbl = tbl.append_column("raw", pa.array(raw, type=pa.binary()))
+            tbl = tbl.append_column(
+                "received_at", pa.array(np.full(tbl.num_rows, ingested, np.int64)).cast(_TS_MS)
+            )
+            written["llm_rejected"] = self._insert("llm_rejected", tbl, token)
+        if self._candidates and sum(len(c) for c in self._candidates["event_id"]):
+            written["llm_eval_candidates"] = self._insert(
+                "llm_eval_candidates", _arrow(self._candidates, _CANDIDATE_TYPES), token
+            )
+        if self._alerts:
+            written["llm_alerts"] = self._insert("llm_alerts", alerts_table(self._alerts), token)
+        if self._states:
+            written["llm_budget_state"] = self._insert(
+                "llm_budget_state", states_table(list(self._states.values())), token
+            )
+        self._calls, self._usage, self._rejected, self._candidates = {}, {}, {}, {}
+        self._alerts, self._states = [], {}
+        self.rows_buffered = 0
+        return written
+
+    def _insert(self, table: str, tbl: pa.Table, token: str) -> int:
+        self.client.insert_arrow(
+            f"{self.database}.{table}",
+            tbl,
+            settings={"insert_deduplication_token": f"{token}:{table}"},
+        )
+        return int(tbl.num_rows)
+
+
+def _as_array(values: Any) -> np.ndarray:
+    """A list column as a 1-d object array (keeps nested lists as elements)."""
+    arr = np.empty(len(values), dtype=object)
+    arr[:] = values
+    return arr
+
+
+def alerts_table(alerts: list[Alert]) -> pa.Table:
+    """``llm_alerts`` rows as an Arrow table."""
+    return pa.table(
+        {
+            "alert_id": _strings([a.alert_id for a in alerts]),
+            "type": _strings([a.type for a in alerts]),
+            "severity": _strings([a.severity for a in alerts]),
+            "tenant_id": _strings([a.tenant_id for a in alerts]),
+            "app": _strings([a.app for a in alerts]),
+            "metric": _strings([a.metric for a in alerts]),
+            "value": pa.array([a.value for a in alerts], type=pa.float64()),
+            "threshold": pa.array([a.threshold for a in alerts], type=pa.float64()),
+            "window_start": _ms([iso_to_ms(a.window_start) for a in alerts]),
+            "window_end": _ms([iso_to_ms(a.window_end) for a in alerts]),
+            "emitted_at": _ms([iso_to_ms(a.emitted_at) for a in alerts]),
+            "details": _strings([msgspec.json.encode(a.details).decode() for a in alerts]),
+        }
+    )
+
+
+def states_table(states: list[BudgetState]) -> pa.Table:
+    """``llm_budget_state`` rows as an Arrow table (version = as_of, ties: last insert)."""
+    now = now_ms()
+    return pa.table(
+        {
+            "tenant_id": _strings([s.tenant_id for s in states]),
+            "budget_id": _strings([s.budget_id for s in states]),
+            "window": _strings([s.window for s in states]),
+            "limit_usd": pa.array([s.limit_usd for s in states], type=pa.float64()),
+            "spend_usd": pa.array([s.spend_usd for s in states], type=pa.float64()),
+            "remaining_usd": pa.array([s.remaining_usd for s in states], type=pa.float64()),
+            "status": _strings([s.status for s in states]),
+            "as_of": _ms([s.as_of_ms for s in states]),
+            "period_start": _ms([s.period_start_ms for s in states]),
+            "updated_at": _ms([now] * len(states)),
+            "version": pa.array([now for _ in states], type=pa.uint64()),
+        }
+    )
