@@ -84,7 +84,8 @@ def usage_rows(
     ``minute_ms`` int64[n] (event time floored to the minute), ``keys`` object[n] per name of
     :data:`USAGE_KEYS`, ``counters`` int64/bool[n] per name of :data:`USAGE_COUNTERS`,
     ``cost_usd`` float64[n], ``latency_ms`` float64[n] (NaN = none), ``lag_ms`` int64[c] the
-    outdated-chunk lags with ``lag_event`` int64[c] their event row.
+    outdated-chunk lags with ``lag_event`` int64[c] their event row. Histogram columns
+    are uint64[g, N_BINS] arrays (one row per group).
     """
     n = len(minute_ms)
     if n == 0:
@@ -92,8 +93,8 @@ def usage_rows(
         out.update({k: np.zeros(0, dtype=object) for k in USAGE_KEYS})
         out.update({k: np.zeros(0, dtype=np.int64) for k in USAGE_COUNTERS})
         out["cost_usd"] = np.zeros(0)
-        out["latency_hist"] = []
-        out["stale_lag_hist"] = []
+        out["latency_hist"] = np.zeros((0, histograms.N_BINS), dtype=np.uint64)
+        out["stale_lag_hist"] = np.zeros((0, histograms.N_BINS), dtype=np.uint64)
         return out
     group, first = factorize_rows([minute_ms] + [keys[k] for k in USAGE_KEYS])
     g = len(first)
@@ -108,6 +109,6 @@ def usage_rows(
     out.update({k: keys[k][first] for k in USAGE_KEYS})
     out.update({k: sums[i] for i, k in enumerate(USAGE_COUNTERS)})
     out["cost_usd"] = cost
-    out["latency_hist"] = [row.tolist() for row in lat]
-    out["stale_lag_hist"] = [row.tolist() for row in lag]
+    out["latency_hist"] = lat  # uint64[g, N_BINS]
+    out["stale_lag_hist"] = lag
     return out

@@ -145,8 +145,9 @@ class Rejected:
         self.index.append(index)
         self.reason.append(reason)
         self.detail.append(detail[:500])
-        self.tenant_id.append(tenant[:128])
-        self.event_id.append(event[:128])
+        # an over-long id is not a tenant we could attribute to: report it as unreadable
+        self.tenant_id.append(tenant if len(tenant) <= 128 else "")
+        self.event_id.append(event if len(event) <= 128 else "")
 
     def __len__(self) -> int:
         return len(self.index)
@@ -195,11 +196,8 @@ class CallBatch:
         counts = off[rows + 1] - off[rows]
         new_off = np.zeros(len(rows) + 1, dtype=np.int64)
         np.cumsum(counts, out=new_off[1:])
-        chunk_rows = (
-            np.concatenate([np.arange(off[r], off[r + 1]) for r in rows[counts > 0]])
-            if counts.any()
-            else np.zeros(0, dtype=np.int64)
-        )
+        # chunk j of kept row r sits at off[r] + (j - new_off[r's position])
+        chunk_rows = np.repeat(off[rows] - new_off[:-1], counts) + np.arange(new_off[-1])
         values = {}
         for name, value in self.__dict__.items():
             if name in ("n", "chunk_offsets", "chunk_embedded_at_ms", "chunk_source_updated_at_ms"):
@@ -225,14 +223,16 @@ def _classify(exc: Exception, raw: bytes) -> str:
     if isinstance(exc, msgspec.ValidationError):
         if "missing required field" in msg:
             return "missing_field"
+        if "$.embedding" in msg:
+            return "bad_embedding"
+        if "Expected `object`, got" in msg and "- at" not in msg:
+            return "invalid_json"  # valid JSON, but not an object
+        if ", got `" in msg:
+            return "wrong_type"
         if "usage" in msg and ">= 0" in msg:
             return "negative_tokens"
         if "datetime" in msg or "$.ts" in msg or "_at`" in msg:
             return "bad_timestamp"
-        if "Expected `" in msg and ", got `" in msg:
-            if "Expected `object`, got" in msg and "- at" not in msg:
-                return "invalid_json"
-            return "wrong_type"
         return "invalid_value"
     # msgspec.DecodeError: JSON syntax; invalid UTF-8 inside strings also lands here
     try:
@@ -271,13 +271,14 @@ def _decode_events(
 def _time_ms(values: list[int | datetime]) -> np.ndarray:
     """Epoch ms (int64) of ints (already ms) and aware datetimes (floored to the ms)."""
     out = np.empty(len(values), dtype=np.int64)
-    is_int = np.fromiter((v.__class__ is int for v in values), dtype=bool, count=len(values))
-    if is_int.all():
+    dts = [i for i, v in enumerate(values) if v.__class__ is not int]
+    if not dts:
         out[:] = values
         return out
-    ints = np.flatnonzero(is_int)
-    dts = np.flatnonzero(~is_int)
-    out[ints] = [values[i] for i in ints]
+    if len(dts) < len(values):
+        ints = np.ones(len(values), dtype=bool)
+        ints[dts] = False
+        out[ints] = [v for v in values if v.__class__ is int]
     secs = np.array([values[i].timestamp() for i in dts], dtype=np.float64)  # type: ignore[union-attr]
     # float seconds carry < 0.25 µs of error at today's epoch; the +0.5 µs keeps floor exact
     # for microsecond-precision inputs.

@@ -307,7 +307,12 @@ class Engine:
                         es.ids[s.nn_index[j]] if s.nn_index[j] >= 0 else ""
                     )
                     cand["embedding"].append(mat[j].tolist())
-        return scored, uncovered, centroid, nn, version, cand
+        dtypes = {"ts": np.int64, "nn_sim": np.float32, "centroid_sim": np.float32}
+        columns: dict[str, Any] = {
+            k: (v if k == "embedding" else np.array(v, dtype=dtypes.get(k, object)))
+            for k, v in cand.items()
+        }
+        return scored, uncovered, centroid, nn, version, columns
 
 
 _CANDIDATE_COLUMNS = (

@@ -101,64 +101,46 @@ def _ms(values: Any) -> pa.Array:
     return pa.array(np.asarray(values, dtype=np.int64), type=pa.int64()).cast(_TS_MS)
 
 
-_CALL_TYPES: dict[str, Any] = {
-    "ts": _ms,
-    "model_mismatch": pa.uint8(),
-    "route_escalated": pa.uint8(),
-    "input_tokens": pa.uint64(),
-    "output_tokens": pa.uint64(),
-    "cache_read_tokens": pa.uint64(),
-    "cache_write_tokens": pa.uint64(),
-    "reasoning_tokens": pa.uint64(),
-    "cost_usd": pa.float64(),
-    "unpriced": pa.uint8(),
-    "latency_ms": pa.float32(),
-    "ttft_ms": pa.float32(),
-    "context_window": pa.uint32(),
-    "scored": pa.uint8(),
-    "uncovered": pa.uint8(),
-    "centroid_sim": pa.float32(),
-    "nn_sim": pa.float32(),
-    "retrieval_chunks": pa.uint16(),
-    "stale_chunks": pa.uint16(),
-    "outdated_chunks": pa.uint16(),
-    "stale": pa.uint8(),
-    "kafka_partition": pa.int32(),
-    "kafka_offset": pa.int64(),
-}
+# Only what Arrow cannot infer from the numpy dtype needs a type here; ClickHouse casts
+# numeric Arrow columns to the table's types on insert.
+_CALL_TYPES: dict[str, Any] = {"ts": _ms}
 
 
 def _arrow(columns: dict[str, list[Any]], types: dict[str, Any]) -> pa.Table:
-    """Concatenate buffered column chunks into one Arrow table (strings by default)."""
+    """Concatenate buffered column chunks into one Arrow table.
+
+    Object columns become strings, numeric ones keep their numpy dtype; ``types`` maps a
+    name to a converter function or an Arrow list type (nested Python lists).
+    """
     arrays = {}
     for name, chunks in columns.items():
-        kind = types.get(name, "string")
-        if kind == "string":
-            arrays[name] = pa.array(np.concatenate(chunks) if chunks else [], type=pa.string())
-        elif callable(kind):
-            arrays[name] = kind(np.concatenate(chunks))
-        elif isinstance(kind, pa.ListType):
+        kind = types.get(name)
+        if kind == "matrix":  # 2-d numpy chunks → one Array(...) per row
+            mat = np.concatenate(chunks)
+            offsets = np.arange(0, mat.size + 1, max(mat.shape[1], 1), dtype=np.int32)
+            arrays[name] = pa.ListArray.from_arrays(offsets, mat.reshape(-1))
+            continue
+        if isinstance(kind, pa.ListType):
             arrays[name] = pa.array([x for c in chunks for x in c], type=kind)
+            continue
+        values = np.concatenate(chunks)
+        if callable(kind):
+            arrays[name] = kind(values)
+        elif values.dtype == object:
+            arrays[name] = pa.array(values, type=pa.string())
         else:
-            values = np.concatenate(chunks) if chunks else np.zeros(0)
-            arrays[name] = pa.array(values.astype(kind.to_pandas_dtype(), copy=False), type=kind)
+            arrays[name] = pa.array(values)
     return pa.table(arrays)
 
 
 _USAGE_TYPES: dict[str, Any] = {
     "minute": lambda v: pa.array(np.asarray(v, np.int64)).cast(_TS_S),
-    "cost_usd": pa.float64(),
-    "latency_hist": pa.list_(pa.uint64()),
-    "stale_lag_hist": pa.list_(pa.uint64()),
+    "latency_hist": "matrix",
+    "stale_lag_hist": "matrix",
 }
-_REJECTED_TYPES: dict[str, Any] = {
-    "kafka_partition": pa.int32(),
-    "kafka_offset": pa.int64(),
-}
+_REJECTED_TYPES: dict[str, Any] = {}
 _CANDIDATE_TYPES: dict[str, Any] = {
     "ts": _ms,
-    "nn_sim": pa.float32(),
-    "centroid_sim": pa.float32(),
     "embedding": pa.list_(pa.float32()),
 }
 

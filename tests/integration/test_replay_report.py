@@ -1,0 +1,180 @@
+"""replay → chDB → report --json equals totals computed independently from the file.
+
+Each CLI call runs in its own process (chDB serves one process); the database lives in the
+test's temporary folder.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from llmops_stream.stream.pricing import PriceTable
+from llmops_stream.stream.synth import (
+    SynthConfig,
+    generate_bad_events,
+    generate_eval_set,
+    generate_events,
+    write_jsonl,
+)
+
+pytestmark = pytest.mark.integration
+
+MODEL = "text-embedding-3-small"
+THRESHOLD = 0.8
+MAX_AGE_MS = 30 * 86_400_000
+BUDGETS = {
+    "default": [
+        {"id": "d", "limit_usd": 20.0, "window": "24h", "soft": [0.5, 0.8], "hard": 1.0},
+        {"id": "m", "limit_usd": 60.0, "window": "month", "soft": [0.5], "hard": 1.0},
+    ]
+}
+
+
+def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "llmops_stream.stream.cli", *args],
+        env=env, capture_output=True, text=True, timeout=600, check=False,
+    )
+
+
+def ms(v: Any) -> int:
+    if isinstance(v, int):
+        return v
+    dt = datetime.fromisoformat(v)
+    return int(dt.timestamp()) * 1000 + dt.microsecond // 1000
+
+
+def expected_totals(lines: list[bytes], eval_path: Path) -> dict[str, dict[str, Any]]:
+    """Per-tenant totals by a plain reading of SPEC §3, independent of the engine."""
+    ev = [json.loads(x) for x in eval_path.read_text().splitlines()]
+    mat = np.array([np.frombuffer(base64.b64decode(e["embedding"]), "<f4") for e in ev], float)
+    mat /= np.linalg.norm(mat, axis=1, keepdims=True)
+    prices = PriceTable()
+    seen: set[tuple[str, str]] = set()
+    out: dict[str, dict[str, Any]] = {}
+    fields = ("calls", "cost_usd", "input_tokens", "output_tokens", "cache_read_tokens",
+              "cache_write_tokens", "scored_calls", "uncovered_calls", "retrieval_calls",
+              "stale_calls", "rejected")
+    for raw in lines:
+        e = json.loads(raw)
+        key = (e["tenant_id"], e["event_id"])
+        if key in seen:
+            continue
+        seen.add(key)
+        t = out.setdefault(e["tenant_id"], dict.fromkeys(fields, 0))
+        u = e["usage"]
+        inp, outp = u["input_tokens"], u["output_tokens"]
+        cr, cw = u.get("cache_read_tokens") or 0, u.get("cache_write_tokens") or 0
+        p = prices.resolve(e["model"], e.get("provider") or "")
+        if p is not None and e.get("status") != "cache_hit":
+            rates = p.rates_for(inp)
+            t["cost_usd"] += ((inp - cr - cw) * rates[0] + cr * rates[2] + cw * rates[3]
+                              + outp * rates[1]) / 1e6
+        t["calls"] += 1
+        t["input_tokens"] += inp
+        t["output_tokens"] += outp
+        t["cache_read_tokens"] += cr
+        t["cache_write_tokens"] += cw
+        if e.get("embedding") and e.get("embedding_model") == MODEL:
+            v = e["embedding"]
+            vec = (np.frombuffer(base64.b64decode(v), "<f4") if isinstance(v, str)
+                   else np.array(v, "<f4")).astype(float)
+            t["scored_calls"] += 1
+            t["uncovered_calls"] += int((mat @ (vec / np.linalg.norm(vec))).max() < THRESHOLD)
+        chunks = (e.get("retrieval") or {}).get("chunks") or []
+        if chunks:
+            t["retrieval_calls"] += 1
+            ts = ms(e["ts"])
+            t["stale_calls"] += int(any(
+                (c.get("source_updated_at") is not None
+                 and ms(c["source_updated_at"]) > ms(c["embedded_at"]))
+                or ts - ms(c["embedded_at"]) > MAX_AGE_MS
+                for c in chunks
+            ))
+    return out
+
+
+def test_replay_report_equals_independent_totals(tmp_path: Path) -> None:
+    events = list(generate_events(SynthConfig(n_events=30_000, seed=11, n_tenants=12,
+                                              embedding_share=0.4, embedding_model=MODEL,
+                                              array_embedding_share=0.1)))
+    # a blank line is no event in a JSONL file (an empty Kafka message is rejected instead)
+    bad = [(raw, reason) for raw, reason in generate_bad_events(seed=5) if raw.strip()]
+    lines = list(events)
+    for i, (raw, _) in enumerate(bad):  # spread bad events through the file
+        lines.insert((i * 997) % len(lines), raw.replace(b"\n", b" "))
+    data = tmp_path / "events.jsonl"
+    data.write_bytes(b"\n".join(lines) + b"\n")
+    eval_path = tmp_path / "eval.jsonl"
+    write_jsonl(eval_path, generate_eval_set(n=500, dim=384, seed=11, embedding_model=MODEL))
+    budgets = tmp_path / "budgets.json"
+    budgets.write_text(json.dumps(BUDGETS))
+    env = {**os.environ, "LLMOPS_CLICKHOUSE": f"chdb://{tmp_path / 'ch'}",
+           "LLMOPS_CLICKHOUSE_DATABASE": "replay_test", "LLMOPS_EVAL_THRESHOLD": str(THRESHOLD),
+           "LLMOPS_BATCH_SIZE": "7000"}
+
+    run = cli("replay", str(data), "--eval-set", str(eval_path), "--budgets", str(budgets),
+              env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rep = cli("report", "--json", env=env)
+    assert rep.returncode == 0, rep.stderr[-3000:]
+    report = json.loads(rep.stdout)
+
+    expected = expected_totals(events, eval_path)
+    bad_by_tenant: dict[str, int] = {}
+    for raw, _reason in bad:
+        try:
+            tenant = json.loads(raw).get("tenant_id", "")
+        except (ValueError, AttributeError):
+            tenant = ""
+        tenant = tenant if isinstance(tenant, str) and len(tenant) <= 128 else ""
+        bad_by_tenant[tenant] = bad_by_tenant.get(tenant, 0) + 1
+    got = report["tenants"]
+    assert set(got) == set(expected) | set(bad_by_tenant)
+    for tenant, exp in expected.items():
+        g = got[tenant]
+        for k in ("calls", "input_tokens", "output_tokens", "cache_read_tokens",
+                  "cache_write_tokens", "scored_calls", "uncovered_calls", "retrieval_calls",
+                  "stale_calls"):
+            assert g[k] == exp[k], (tenant, k, g[k], exp[k])
+        assert g["cost_usd"] == pytest.approx(exp["cost_usd"], rel=1e-9, abs=1e-12)
+    assert sum(t["rejected"] for t in got.values()) == len(bad)
+    for tenant, n in bad_by_tenant.items():
+        assert got[tenant]["rejected"] == n
+
+    budget_alerts = [a for a in report["alerts"] if a["type"] == "budget"]
+    assert budget_alerts, "the budgets above are sized so that tenants cross them"
+    crossings = [(a["tenant_id"], a["details"]["budget_id"], a["details"]["level"],
+                  a["window_start"]) for a in budget_alerts]
+    assert len(set(crossings)) == len(crossings)
+    assert len({a["alert_id"] for a in report["alerts"]}) == len(report["alerts"])
+
+    # replaying the same file again stores nothing twice
+    again = cli("replay", str(data), "--eval-set", str(eval_path), "--budgets", str(budgets),
+                env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads(cli("report", "--json", env=env).stdout) == report
+
+
+def test_bad_file_is_one_line_error(tmp_path: Path) -> None:
+    env = {**os.environ, "LLMOPS_CLICKHOUSE": f"chdb://{tmp_path / 'ch'}"}
+    run = cli("replay", str(tmp_path / "missing.jsonl"), env=env)
+    assert run.returncode == 2
+    assert "no such file" in run.stderr and "Traceback" not in run.stderr
+    bad_budget = tmp_path / "b.json"
+    bad_budget.write_text("{not json")
+    data = tmp_path / "e.jsonl"
+    data.write_text("")
+    run = cli("replay", str(data), "--budgets", str(bad_budget), env=env)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert str(bad_budget) in run.stderr.replace("\n", "")
