@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import binascii
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
+from operator import attrgetter
+from typing import Annotated, Any, Literal
 
 import msgspec
 import numpy as np
@@ -31,7 +32,8 @@ MISSING_TS = np.iinfo(np.int64).min
 
 STATUSES = ("ok", "error", "rate_limited", "timeout", "cache_hit")
 STATUS_OK, STATUS_ERROR, STATUS_RATE_LIMITED, STATUS_TIMEOUT, STATUS_CACHE_HIT = range(5)
-_STATUS_CODE = {s: i for i, s in enumerate(STATUSES)}
+_STATUS_CODE: dict[str | None, int] = {s: i for i, s in enumerate(STATUSES)}
+_STATUS_CODE[None] = STATUS_OK
 
 REJECT_REASONS: dict[str, str] = {
     "invalid_json": "not a JSON object (syntax error, or not an object at top level)",
@@ -288,6 +290,27 @@ def _embedding_bytes(value: str | list[float]) -> bytes:
         return np.asarray(value, dtype="<f4").tobytes()
 
 
+def _attr(objs: list[Any], name: str) -> list[Any]:
+    """The attribute ``name`` of every object (the fastest transpose CPython offers)."""
+    return list(map(attrgetter(name), objs))
+
+
+def _strs(values: list[str | None]) -> np.ndarray:
+    """object[n] of str, None → ""."""
+    if None in values:
+        values = [v or "" for v in values]
+    arr = np.empty(len(values), dtype=object)
+    arr[:] = values
+    return arr
+
+
+def _ints(values: list[int | None]) -> np.ndarray:
+    """int64[n], None → 0."""
+    if None in values:
+        values = [0 if v is None else v for v in values]
+    return np.array(values, dtype=np.int64)
+
+
 def decode_batch(messages: list[bytes]) -> tuple[CallBatch, Rejected]:
     """Decode ``messages`` (one JSON event each) into a :class:`CallBatch` of the valid ones.
 
@@ -299,25 +322,14 @@ def decode_batch(messages: list[bytes]) -> tuple[CallBatch, Rejected]:
     events, keep = _decode_events(messages, rejected)
     n = len(events)
     src = np.asarray(keep, dtype=np.int64)
-    usage = [e.usage for e in events]
     i64 = np.int64
-
-    def ints(xs: list[int | None]) -> np.ndarray:
-        return np.array([0 if x is None else x for x in xs], dtype=i64)
-
-    def strs(xs: list[str | None]) -> np.ndarray:
-        arr = np.array([x or "" for x in xs] or [], dtype=object)
-        return arr if n else np.zeros(0, dtype=object)
-
-    def floats(xs: list[float | None]) -> np.ndarray:
-        return np.array([np.nan if x is None else x for x in xs], dtype=np.float64)
-
-    input_tokens = np.array([u.input_tokens for u in usage], dtype=i64)
-    output_tokens = np.array([u.output_tokens for u in usage], dtype=i64)
-    cache_read = ints([u.cache_read_tokens for u in usage])
-    cache_write = ints([u.cache_write_tokens for u in usage])
-    reasoning = ints([u.reasoning_tokens for u in usage])
-    ts_ms = times_ms([e.ts for e in events])
+    usage = _attr(events, "usage")
+    input_tokens = _ints(_attr(usage, "input_tokens"))
+    output_tokens = _ints(_attr(usage, "output_tokens"))
+    cache_read = _ints(_attr(usage, "cache_read_tokens"))
+    cache_write = _ints(_attr(usage, "cache_write_tokens"))
+    reasoning = _ints(_attr(usage, "reasoning_tokens"))
+    ts_ms = times_ms(_attr(events, "ts"))
 
     bad = np.zeros(n, dtype=np.int8)  # 0 good, else 1 + index into _CHECKS
     _CHECKS = (
@@ -350,13 +362,13 @@ def decode_batch(messages: list[bytes]) -> tuple[CallBatch, Rejected]:
             if bad[with_emb[j]] == 0:
                 bad[with_emb[j]] = 5
 
-    retrieval = [e.retrieval for e in events]
+    retrieval = _attr(events, "retrieval")
     chunk_lists = [r.chunks if r is not None and r.chunks else () for r in retrieval]
     counts = np.fromiter(map(len, chunk_lists), dtype=i64, count=n)
     chunk_offsets = np.zeros(n + 1, dtype=i64)
     np.cumsum(counts, out=chunk_offsets[1:])
     chunks = [c for cl in chunk_lists for c in cl]
-    emb_at = times_ms([c.embedded_at for c in chunks])
+    emb_at = times_ms(_attr(chunks, "embedded_at"))
     src_at = np.full(len(chunks), MISSING_TS, dtype=i64)
     has_src = [j for j, c in enumerate(chunks) if c.source_updated_at is not None]
     if has_src:
@@ -368,37 +380,41 @@ def decode_batch(messages: list[bytes]) -> tuple[CallBatch, Rejected]:
         rows = np.unique(owner[chunk_bad])
         bad[rows[bad[rows] == 0]] = 4
 
-    routes = [e.route for e in events]
+    routes = _attr(events, "route")
+    no_route = None in routes
     batch = CallBatch(
         n=n,
         src_index=src,
-        event_id=strs([e.event_id for e in events]),
+        event_id=_strs(_attr(events, "event_id")),
         ts_ms=ts_ms,
-        tenant_id=strs([e.tenant_id for e in events]),
-        model=strs([e.model for e in events]),
-        provider=strs([e.provider for e in events]),
-        app=strs([e.app for e in events]),
-        served_model=strs([e.served_model for e in events]),
-        prompt_id=strs([e.prompt_id for e in events]),
-        prompt_version=strs([e.prompt_version for e in events]),
-        status=np.array(
-            [0 if e.status is None else _STATUS_CODE[e.status] for e in events], dtype=np.uint8
+        tenant_id=_strs(_attr(events, "tenant_id")),
+        model=_strs(_attr(events, "model")),
+        provider=_strs(_attr(events, "provider")),
+        app=_strs(_attr(events, "app")),
+        served_model=_strs(_attr(events, "served_model")),
+        prompt_id=_strs(_attr(events, "prompt_id")),
+        prompt_version=_strs(_attr(events, "prompt_version")),
+        status=np.array(list(map(_STATUS_CODE.__getitem__, _attr(events, "status"))), np.uint8),
+        route_tier=_strs(
+            [r.tier if r is not None else None for r in routes] if no_route
+            else _attr(routes, "tier")
         ),
-        route_tier=strs([r.tier if r is not None else None for r in routes]),
         route_escalated=np.array(
-            [bool(r is not None and r.escalated) for r in routes], dtype=bool
+            [bool(r is not None and r.escalated) for r in routes] if no_route
+            else _attr(routes, "escalated"),
+            dtype=bool,
         ),
         input_tokens=input_tokens,
         output_tokens=output_tokens,
         cache_read_tokens=cache_read,
         cache_write_tokens=cache_write,
         reasoning_tokens=reasoning,
-        latency_ms=floats([e.latency_ms for e in events]),
-        ttft_ms=floats([e.ttft_ms for e in events]),
-        context_window=ints([e.context_window for e in events]),
-        embedding_model=strs([e.embedding_model for e in events]),
+        latency_ms=np.array(_attr(events, "latency_ms"), dtype=np.float64),  # None → NaN
+        ttft_ms=np.array(_attr(events, "ttft_ms"), dtype=np.float64),
+        context_window=_ints(_attr(events, "context_window")),
+        embedding_model=_strs(_attr(events, "embedding_model")),
         embedding=embedding,
-        index_version=strs([r.index_version if r is not None else None for r in retrieval]),
+        index_version=_strs([r.index_version if r is not None else None for r in retrieval]),
         chunk_offsets=chunk_offsets,
         chunk_embedded_at_ms=emb_at,
         chunk_source_updated_at_ms=src_at,

@@ -15,6 +15,7 @@ import io
 import numpy as np
 
 from ._numba import njit
+from .strbuf import utf8_buffer
 
 _EMPTY = np.uint64(0)
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
@@ -22,24 +23,30 @@ _FNV_PRIME = np.uint64(0x100000001B3)
 
 
 @njit
-def _fnv1a(buf: np.ndarray, offsets: np.ndarray) -> np.ndarray:  # pragma: no cover - jit
-    n = offsets.shape[0] - 1
+def _fnv1a_pairs(
+    buf_a: np.ndarray, off_a: np.ndarray, buf_b: np.ndarray, off_b: np.ndarray
+) -> np.ndarray:  # pragma: no cover - jit
+    """FNV-1a 64 of ``a[i] + b"\x1f" + b[i]`` for every i; 0 is remapped to 1."""
+    n = off_a.shape[0] - 1
     out = np.empty(n, dtype=np.uint64)
     for i in range(n):
         h = _FNV_OFFSET
-        for j in range(offsets[i], offsets[i + 1]):
-            h = (h ^ np.uint64(buf[j])) * _FNV_PRIME
+        for j in range(off_a[i], off_a[i + 1]):
+            h = (h ^ np.uint64(buf_a[j])) * _FNV_PRIME
+        h = (h ^ np.uint64(0x1F)) * _FNV_PRIME
+        for j in range(off_b[i], off_b[i + 1]):
+            h = (h ^ np.uint64(buf_b[j])) * _FNV_PRIME
         out[i] = h if h != 0 else np.uint64(1)  # 0 marks an empty slot
     return out
 
 
 def stable_hashes(tenant_ids: np.ndarray, event_ids: np.ndarray) -> np.ndarray:
-    """uint64[n] FNV-1a of ``tenant_id + "\\x1f" + event_id`` (UTF-8) for each event."""
-    encoded = [f"{t}\x1f{e}".encode() for t, e in zip(tenant_ids, event_ids, strict=True)]
-    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
-    np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)), out=offsets[1:])
-    buf = np.frombuffer(b"".join(encoded), dtype=np.uint8)
-    return _fnv1a(buf, offsets)  # type: ignore[no-any-return]
+    """uint64[n] FNV-1a of ``tenant_id + "\x1f" + event_id`` (UTF-8) for each event."""
+    if len(tenant_ids) != len(event_ids):
+        raise ValueError("tenant_ids and event_ids differ in length")
+    buf_a, off_a = utf8_buffer(list(tenant_ids))
+    buf_b, off_b = utf8_buffer(list(event_ids))
+    return _fnv1a_pairs(buf_a, off_a, buf_b, off_b)  # type: ignore[no-any-return]
 
 
 @njit

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._numba import njit
+from .strbuf import utf8_buffer
 
 INVALID = np.iinfo(np.int64).min
 
@@ -123,25 +124,21 @@ def parse_rfc3339_ms(texts: list[str]) -> np.ndarray:
     """Epoch ms (int64[n]) of RFC 3339 strings; :data:`INVALID` where a string is not one."""
     if not texts:
         return np.zeros(0, dtype=np.int64)
-    encoded = "".join(texts).encode("utf-8")
-    lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
-    offsets = np.zeros(len(texts) + 1, dtype=np.int64)
-    if len(encoded) == int(lengths.sum()):
-        np.cumsum(lengths, out=offsets[1:])
-    else:  # non-ASCII somewhere: byte lengths differ from character lengths
-        np.cumsum([len(t.encode("utf-8")) for t in texts], out=offsets[1:])
-    return _parse_many(np.frombuffer(encoded, dtype=np.uint8), offsets)  # type: ignore[no-any-return]
+    buf, offsets = utf8_buffer(texts)
+    return _parse_many(buf, offsets)  # type: ignore[no-any-return]
 
 
 def times_ms(values: list[int | str]) -> np.ndarray:
     """Epoch ms (int64[n]) of a mix of ints (already epoch ms) and RFC 3339 strings."""
+    try:
+        return parse_rfc3339_ms(values)  # type: ignore[arg-type]  # the common case: all str
+    except TypeError:
+        pass  # some ints among them
     out = np.empty(len(values), dtype=np.int64)
     strs = [i for i, v in enumerate(values) if v.__class__ is str]
     if not strs:
         out[:] = values
         return out
-    if len(strs) == len(values):
-        return parse_rfc3339_ms(values)  # type: ignore[arg-type]
     is_str = np.zeros(len(values), dtype=bool)
     is_str[strs] = True
     out[~is_str] = [v for v in values if v.__class__ is not str]

@@ -4,7 +4,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmops_stream.stream.dedup import Deduper, _fnv1a, stable_hashes
+from llmops_stream.stream.dedup import Deduper, _fnv1a_pairs, stable_hashes
 
 H = 3_600_000
 
@@ -58,18 +58,25 @@ def test_snapshot_restore_and_horizon() -> None:
 
 
 def test_tenant_scoped_and_stable_hash() -> None:
-    h = stable_hashes(np.array(["a", "b"], dtype=object), np.array(["1", "1"], dtype=object))
-    assert h[0] != h[1]
+    h = stable_hashes(np.array(["a", "b", "é"], dtype=object),
+                      np.array(["1", "1", "ü"], dtype=object))
+    assert len(set(h.tolist())) == 3
     # FNV-1a 64 of "a\x1f1" computed by hand
     x = 0xCBF29CE484222325
     for byte in b"a\x1f1":
         x = ((x ^ byte) * 0x100000001B3) % 2**64
     assert int(h[0]) == x
+    y = 0xCBF29CE484222325
+    for byte in "é\x1fü".encode():
+        y = ((y ^ byte) * 0x100000001B3) % 2**64
+    assert int(h[2]) == y
 
 
 def test_kernel_python_equals_compiled() -> None:
-    buf = np.frombuffer(b"hello\x1fworld", dtype=np.uint8)
-    off = np.array([0, 5, 11], dtype=np.int64)
+    a = np.frombuffer("héllo".encode(), dtype=np.uint8)
+    b = np.frombuffer(b"worldx", dtype=np.uint8)
+    off_a = np.array([0, 3, 6], dtype=np.int64)
+    off_b = np.array([0, 5, 6], dtype=np.int64)
     with np.errstate(over="ignore"):  # uint64 wrap-around is the point of FNV
-        slow = _fnv1a.py_func(buf, off)
-    assert slow.tolist() == _fnv1a(buf, off).tolist()
+        slow = _fnv1a_pairs.py_func(a, off_a, b, off_b)
+    assert slow.tolist() == _fnv1a_pairs(a, off_a, b, off_b).tolist()
