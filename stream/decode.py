@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 import numpy as np
 
+from .rfc3339 import MISSING as MISSING_TS
 from .rfc3339 import times_ms
 
 MAX_MESSAGE_BYTES = 1 << 20
@@ -28,7 +29,6 @@ MAX_TOKENS = 10**12  # far above any real context; beyond it int64 sums could ov
 # ms) or garbage, and would poison windows and budgets.
 MIN_TS_MS = 946_684_800_000  # 2000-01-01
 MAX_TS_MS = 4_102_444_800_000  # 2100-01-01
-MISSING_TS = np.iinfo(np.int64).min
 
 STATUSES = ("ok", "error", "rate_limited", "timeout", "cache_hit")
 STATUS_OK, STATUS_ERROR, STATUS_RATE_LIMITED, STATUS_TIMEOUT, STATUS_CACHE_HIT = range(5)
@@ -369,10 +369,7 @@ def decode_batch(messages: list[bytes]) -> tuple[CallBatch, Rejected]:
     np.cumsum(counts, out=chunk_offsets[1:])
     chunks = [c for cl in chunk_lists for c in cl]
     emb_at = times_ms(_attr(chunks, "embedded_at"))
-    src_at = np.full(len(chunks), MISSING_TS, dtype=i64)
-    has_src = [j for j, c in enumerate(chunks) if c.source_updated_at is not None]
-    if has_src:
-        src_at[has_src] = times_ms([chunks[j].source_updated_at for j in has_src])  # type: ignore[misc]
+    src_at = times_ms(_attr(chunks, "source_updated_at"))  # None → MISSING_TS
     chunk_bad = (emb_at < MIN_TS_MS) | (emb_at >= MAX_TS_MS)
     chunk_bad |= (src_at != MISSING_TS) & ((src_at < MIN_TS_MS) | (src_at >= MAX_TS_MS))
     if chunk_bad.any():

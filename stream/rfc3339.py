@@ -11,12 +11,17 @@ else (no offset, bad field ranges, trailing bytes) gives :data:`INVALID`.
 
 from __future__ import annotations
 
+from itertools import repeat
+
 import numpy as np
 
 from ._numba import njit
 from .strbuf import utf8_buffer
 
-INVALID = np.iinfo(np.int64).min
+# Distinct from MISSING (the "no value" marker callers use), so an unparsable optional
+# time is never mistaken for an absent one.
+MISSING = np.iinfo(np.int64).min
+INVALID = MISSING + 1
 
 
 @njit
@@ -128,19 +133,19 @@ def parse_rfc3339_ms(texts: list[str]) -> np.ndarray:
     return _parse_many(buf, offsets)  # type: ignore[no-any-return]
 
 
-def times_ms(values: list[int | str]) -> np.ndarray:
-    """Epoch ms (int64[n]) of a mix of ints (already epoch ms) and RFC 3339 strings."""
+def times_ms(values: list[int | str | None]) -> np.ndarray:
+    """Epoch ms (int64[n]) of ints (already epoch ms), RFC 3339 strings and None (→ MISSING)."""
     try:
         return parse_rfc3339_ms(values)  # type: ignore[arg-type]  # the common case: all str
     except TypeError:
-        pass  # some ints among them
-    out = np.empty(len(values), dtype=np.int64)
-    strs = [i for i, v in enumerate(values) if v.__class__ is str]
-    if not strs:
-        out[:] = values
-        return out
-    is_str = np.zeros(len(values), dtype=bool)
-    is_str[strs] = True
-    out[~is_str] = [v for v in values if v.__class__ is not str]
-    out[is_str] = parse_rfc3339_ms([values[i] for i in strs])  # type: ignore[misc]
+        pass  # ints or None among them
+    n = len(values)
+    arr = np.empty(n, dtype=object)
+    arr[:] = values
+    is_str = np.fromiter(map(isinstance, values, repeat(str)), dtype=bool, count=n)
+    is_int = ~is_str & ~np.equal(arr, None)
+    out = np.full(n, MISSING, dtype=np.int64)
+    if is_str.any():
+        out[is_str] = parse_rfc3339_ms(arr[is_str].tolist())
+    out[is_int] = arr[is_int].astype(np.int64)
     return out

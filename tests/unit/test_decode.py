@@ -105,6 +105,8 @@ BAD = [
     (enc(event(ts=1_795_428_000)), "bad_timestamp"),  # seconds, not ms
     (enc(event(ts="2200-01-01T00:00:00Z")), "bad_timestamp"),
     (enc(event(retrieval={"chunks": [{"embedded_at": 12}]})), "bad_timestamp"),
+    (enc(event(retrieval={"chunks": [{"embedded_at": 1795420000000,
+                                      "source_updated_at": "yesterday"}]})), "bad_timestamp"),
     (enc(event(status="weird")), "invalid_value"),
     (enc(event(event_id="x" * 129)), "invalid_value"),
 ]

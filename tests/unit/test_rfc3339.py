@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmops_stream.stream.rfc3339 import INVALID, _parse_many, parse_rfc3339_ms, times_ms
+from llmops_stream.stream.rfc3339 import INVALID, MISSING, _parse_many, parse_rfc3339_ms, times_ms
 
 
 def reference_ms(text: str) -> int:
@@ -59,8 +59,9 @@ def test_rejects(text: str) -> None:
 
 def test_leap_day_and_mixed_ints() -> None:
     assert parse_rfc3339_ms(["2024-02-29T00:00:00Z"])[0] == reference_ms("2024-02-29T00:00:00Z")
-    got = times_ms([5, "1970-01-01T00:00:01.5+00:00", 7])
-    assert got.tolist() == [5, 1500, 7]
+    got = times_ms([5, "1970-01-01T00:00:01.5+00:00", 7, None, "bad"])
+    assert got.tolist() == [5, 1500, 7, MISSING, INVALID]
+    assert times_ms([None]).tolist() == [MISSING]
     assert times_ms([]).tolist() == []
 
 
