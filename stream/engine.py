@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from .aggregate import usage_rows
@@ -232,6 +233,37 @@ class Engine:
             budget_states=budget.states,
             stats=stats,
         )
+
+    def snapshot(self) -> bytes:
+        """All stream state (dedup, budgets, drift and freshness windows) as bytes."""
+        return msgspec.msgpack.encode(
+            {
+                "version": 1,
+                "dedup": self.deduper.snapshot(),
+                "budgets": self.budgets.snapshot(),
+                "drift": self.drift_windows.snapshot(),
+                "freshness": self.fresh_windows.snapshot(),
+            }
+        )
+
+    @classmethod
+    def restore(cls, config: EngineConfig, data: bytes) -> Engine:
+        """An engine continuing from :meth:`snapshot` ``data`` with (possibly new) ``config``."""
+        state = msgspec.msgpack.decode(data)
+        if not isinstance(state, dict) or state.get("version") != 1:
+            raise ValueError("not an engine snapshot of a supported version")
+        engine = cls(config)
+        engine.deduper = Deduper.restore(state["dedup"])
+        engine.budgets = BudgetTracker.restore(config.budgets or BudgetConfig(), state["budgets"])
+        engine.drift_windows = ShareWindows.restore(
+            state["drift"], threshold=config.drift_threshold, min_count=config.drift_min_count
+        )
+        engine.fresh_windows = ShareWindows.restore(
+            state["freshness"],
+            threshold=config.freshness.stale_share_threshold,
+            min_count=config.freshness.min_count,
+        )
+        return engine
 
     def finish(self) -> list[Alert]:
         """Close every open drift/freshness window (end of a finite replay)."""
