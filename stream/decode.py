@@ -36,17 +36,25 @@ _STATUS_CODE: dict[str | None, int] = {s: i for i, s in enumerate(STATUSES)}
 _STATUS_CODE[None] = STATUS_OK
 
 REJECT_REASONS: dict[str, str] = {
-    "invalid_json": "not a JSON object (syntax error, or not an object at top level)",
+    "invalid_json": "not one JSON object: syntax error, truncated, trailing data or a "
+    "non-object top level",
     "invalid_utf8": "the bytes are not valid UTF-8",
-    "missing_field": "a required field is absent",
-    "wrong_type": "a field has the wrong JSON type",
-    "negative_tokens": "a token count is negative",
-    "inconsistent_tokens": "cache_read + cache_write > input, or reasoning > output",
-    "bad_embedding": "embedding is not base64 float32 / a number array, or has the wrong dimension",
-    "embedding_not_finite": "embedding holds NaN or infinity",
-    "too_large": f"message larger than {MAX_MESSAGE_BYTES} bytes",
-    "bad_timestamp": "ts or a chunk time is missing its offset, unparsable, or outside 2000..2100",
-    "invalid_value": "a value is outside its allowed set or range (status, string length, ...)",
+    "missing_field": "a required field is absent: event_id, ts, tenant_id, model, usage, "
+    "usage.input_tokens or usage.output_tokens",
+    "wrong_type": "a field has the wrong JSON type (a token count as a string or a fraction, "
+    "tenant_id as a number, usage not an object, ts neither string nor integer, ...)",
+    "negative_tokens": "a token count is below zero",
+    "inconsistent_tokens": "token subsets exceed their total: cache_read + cache_write > input "
+    "or reasoning > output",
+    "bad_embedding": "embedding is not valid base64, its byte length is not a whole number "
+    "of float32, or its JSON array holds a non-number",
+    "embedding_not_finite": "embedding holds NaN or +-inf once read as float32 (also a JSON "
+    "number too large for float32)",
+    "too_large": f"the message is larger than {MAX_MESSAGE_BYTES} bytes",
+    "bad_timestamp": "ts (or a chunk time) is a string that is not RFC 3339 with an offset, "
+    "or an instant before 2000 or after 2100 (e.g. epoch seconds sent as ms)",
+    "invalid_value": "a value outside its allowed set or range: unknown status, event_id or "
+    "tenant_id empty or longer than 128 characters, negative latency_ms/ttft_ms",
 }
 
 Tokens = Annotated[int, msgspec.Meta(ge=0, le=MAX_TOKENS)]
