@@ -157,3 +157,35 @@ CREATE TABLE IF NOT EXISTS {db}.llm_eval_candidates
 ENGINE = ReplacingMergeTree
 ORDER BY (embedding_model, event_id)
 SETTINGS non_replicated_deduplication_window = 100000
+;
+-- Worker bookkeeping. A segment is the offset range [start_offset, end_offset) of one
+-- partition written by one flush; it is recorded before the data, so that a flush
+-- interrupted by a crash is redone over exactly the same range (same deduplication tokens).
+CREATE TABLE IF NOT EXISTS {db}.llm_segments
+(
+    group_id        String,
+    topic           String,
+    partition       Int32,
+    start_offset    Int64,
+    end_offset      Int64,
+    created_at      DateTime64(3, 'UTC')
+)
+ENGINE = MergeTree
+ORDER BY (group_id, topic, partition, start_offset)
+SETTINGS non_replicated_deduplication_window = 100000
+;
+-- Engine state (dedup, budgets, windows) of one partition as of `offset` (the next offset
+-- to process), written periodically after the offsets up to there were committed.
+CREATE TABLE IF NOT EXISTS {db}.llm_engine_state
+(
+    group_id        String,
+    topic           String,
+    partition       Int32,
+    offset          Int64,
+    state           String,   -- base64 of the engine snapshot
+    created_at      DateTime64(3, 'UTC')
+)
+ENGINE = MergeTree
+ORDER BY (group_id, topic, partition, offset)
+SETTINGS non_replicated_deduplication_window = 100000
+

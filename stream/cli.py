@@ -28,6 +28,7 @@ from rich.progress import (
 from rich.table import Table
 
 from .errors import ConfigError
+from .logs import setup_logging
 from .settings import Settings, load_settings
 
 EXIT_USAGE = 2
@@ -64,6 +65,13 @@ def _add_clickhouse_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_kafka_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--bootstrap-servers", dest="kafka_bootstrap_servers", metavar="HOST:PORT[,...]",
+        help="Kafka brokers (env LLMOPS_KAFKA_BOOTSTRAP_SERVERS, default 127.0.0.1:9092)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(
@@ -94,6 +102,36 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("files", nargs="+", metavar="FILE", help="JSONL file(s), or - for stdin")
     _add_engine_flags(rep)
 
+    run = sub.add_parser(
+        "run",
+        help="the Kafka worker: consume llm.calls, write ClickHouse, publish alerts",
+        description="Consume call events from Kafka as a consumer-group member, process them "
+        "and write ClickHouse and the alert/state/DLQ topics, exactly once. Scale out by "
+        "starting more workers with the same --group (and distinct --worker-id). Health on "
+        "http://127.0.0.1:9464/metrics (LLMOPS_METRICS_PORT, 0 = off).",
+    )
+    _add_engine_flags(run)
+    _add_kafka_flags(run)
+    run.add_argument("--group", help="consumer group (env LLMOPS_GROUP, default llmops-stream)")
+    run.add_argument("--topic", help="input topic (env LLMOPS_TOPIC, default llm.calls)")
+    run.add_argument(
+        "--worker-id", dest="worker_id",
+        help="stable id of this worker slot, unique in the group (env LLMOPS_WORKER_ID)",
+    )
+
+    load = sub.add_parser(
+        "loadgen",
+        help="synthetic call events to Kafka at a target rate",
+        description="Produce realistic synthetic call events (as in `demo`) to Kafka.",
+    )
+    _add_kafka_flags(load)
+    load.add_argument("--topic", help="topic (env LLMOPS_TOPIC, default llm.calls)")
+    load.add_argument("--rate", type=float, default=1000.0, help="events per second")
+    load.add_argument("--events", type=int, default=None, help="stop after N events")
+    load.add_argument("--tenants", type=int, default=50, help="number of tenants")
+    load.add_argument("--embedding-share", dest="embedding_share", type=float, default=0.5)
+    load.add_argument("--seed", type=int, default=0)
+
     report = sub.add_parser(
         "report",
         help="per-tenant totals and alerts read back from ClickHouse",
@@ -108,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _settings(args: argparse.Namespace) -> Settings:
     keys = (
         "clickhouse", "clickhouse_database", "prices", "budgets", "eval_set", "batch_size",
+        "kafka_bootstrap_servers", "group", "topic", "worker_id",
     )
     return load_settings({k: getattr(args, k, None) for k in keys})
 
@@ -179,6 +218,82 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
         sys.stdout.write(orjson.dumps(rep, option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0
     _print_report(console, rep, budget_states(client, settings.clickhouse_database))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    """``run``: the Kafka worker, until SIGTERM/SIGINT."""
+    import asyncio  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+
+    from .metrics import WorkerMetrics  # noqa: PLC0415
+    from .pipeline import build_engine_config  # noqa: PLC0415
+    from .worker import Worker  # noqa: PLC0415
+
+    settings = _settings(args)
+    logging.getLogger("llmops_stream").setLevel(logging.INFO)
+    config = build_engine_config(settings)  # files validated before joining the group
+    client = _connect(settings)
+    metrics = WorkerMetrics()
+    try:
+        metrics.serve(settings.metrics_host, settings.metrics_port)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot serve /metrics on {settings.metrics_host}:{settings.metrics_port}: {exc} "
+            "(set LLMOPS_METRICS_PORT, 0 = off)"
+        ) from None
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        # partitions share one config: prices, budgets and eval sets are read-only to them
+        worker = Worker(settings, lambda: config, client, metrics=metrics)
+        await worker.run(stop)
+
+    from aiokafka.errors import KafkaConnectionError  # noqa: PLC0415
+
+    try:
+        asyncio.run(main())
+    except KafkaConnectionError as exc:
+        raise ConfigError(
+            f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {exc}"
+        ) from None
+    return 0
+
+
+def cmd_loadgen(args: argparse.Namespace, console: Console) -> int:
+    """``loadgen``: synthetic events to Kafka at ``--rate``."""
+    import asyncio  # noqa: PLC0415
+
+    from aiokafka.errors import KafkaConnectionError  # noqa: PLC0415
+
+    from .loadgen import run_loadgen  # noqa: PLC0415
+    from .worker import kafka_kwargs  # noqa: PLC0415
+
+    settings = _settings(args)
+    if args.rate <= 0:
+        raise ConfigError("--rate must be positive")
+    kw = kafka_kwargs(settings)
+    with _progress(Console(stderr=True)) as progress:
+        task = progress.add_task("loadgen", total=args.events, rate="")
+
+        def on_progress(sent: int, rate: float) -> None:
+            progress.update(task, completed=sent, rate=f"{rate:,.0f} events/s")
+
+        try:
+            stats = asyncio.run(run_loadgen(
+                kw.pop("bootstrap_servers"), topic=settings.topic, rate=args.rate,
+                n_events=args.events, seed=args.seed, n_tenants=args.tenants,
+                embedding_share=args.embedding_share, on_progress=on_progress, **kw,
+            ))
+        except KafkaConnectionError as exc:
+            raise ConfigError(
+                f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {exc}"
+            ) from None
+    console.print(f"Sent {stats.sent:,} events in {stats.seconds:.1f} s "
+                  f"({stats.achieved_rate:,.0f} events/s) to {settings.topic}.")
     return 0
 
 
@@ -275,12 +390,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    logging.basicConfig(
-        level=logging.WARNING,
-        format='{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}',
-    )
+    setup_logging("WARNING")
     console = Console()
-    handlers = {"demo": cmd_demo, "replay": cmd_replay, "report": cmd_report}
+    handlers = {
+        "demo": cmd_demo,
+        "replay": cmd_replay,
+        "report": cmd_report,
+        "run": cmd_run,
+        "loadgen": cmd_loadgen,
+    }
     try:
         return handlers[args.command](args, console)
     except ConfigError as exc:

@@ -29,6 +29,11 @@ from .sink_clickhouse import ClickHouseSink
 
 def build_engine(settings: Settings) -> Engine:
     """An :class:`Engine` configured from settings (files loaded and validated here)."""
+    return Engine(build_engine_config(settings))
+
+
+def build_engine_config(settings: Settings) -> EngineConfig:
+    """The :class:`EngineConfig` for settings (price, budget and eval-set files loaded)."""
     overrides = load_price_overrides(settings.prices) if settings.prices else None
     budgets = load_budgets(settings.budgets) if settings.budgets else BudgetConfig()
     eval_sets = (
@@ -36,22 +41,20 @@ def build_engine(settings: Settings) -> Engine:
         if settings.eval_set
         else {}
     )
-    return Engine(
-        EngineConfig(
-            prices=PriceTable(overrides),
-            budgets=budgets,
-            eval_sets=eval_sets,
-            freshness=FreshnessConfig(
-                default_max_age_days=settings.freshness_max_age_days,
-                stale_share_threshold=settings.freshness_threshold,
-                min_count=settings.freshness_min_count,
-            ),
-            drift_threshold=settings.drift_threshold,
-            drift_min_count=settings.drift_min_count,
-            window_ms=settings.window_minutes * 60_000,
-            candidate_share=settings.candidate_share,
-            dedup_horizon_ms=int(settings.dedup_horizon_hours * 3_600_000),
-        )
+    return EngineConfig(
+        prices=PriceTable(overrides),
+        budgets=budgets,
+        eval_sets=eval_sets,
+        freshness=FreshnessConfig(
+            default_max_age_days=settings.freshness_max_age_days,
+            stale_share_threshold=settings.freshness_threshold,
+            min_count=settings.freshness_min_count,
+        ),
+        drift_threshold=settings.drift_threshold,
+        drift_min_count=settings.drift_min_count,
+        window_ms=settings.window_minutes * 60_000,
+        candidate_share=settings.candidate_share,
+        dedup_horizon_ms=int(settings.dedup_horizon_hours * 3_600_000),
     )
 
 
@@ -101,8 +104,16 @@ def replay(
         name = "stdin" if src == "-" else Path(src).name
         stream = sys.stdin.buffer if src == "-" else open(src, "rb")  # noqa: SIM115
         try:
-            feed(name, file_no, read_batches(stream, batch_size), engine, sink, result,
-                 flush_rows=flush_rows, on_progress=on_progress)
+            feed(
+                name,
+                file_no,
+                read_batches(stream, batch_size),
+                engine,
+                sink,
+                result,
+                flush_rows=flush_rows,
+                on_progress=on_progress,
+            )
         finally:
             if stream is not sys.stdin.buffer:
                 stream.close()

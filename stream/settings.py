@@ -42,8 +42,26 @@ class Settings(BaseSettings):
     candidate_share: float = Field(0.05, ge=0, le=1)
     dedup_horizon_hours: float = Field(24.0, gt=0)
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_security_protocol: str = Field("PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL")
+    kafka_sasl_mechanism: str | None = Field(None, description="PLAIN, SCRAM-SHA-256, SCRAM-SHA-512")
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr = SecretStr("")
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
     group: str = "llmops-stream"
     topic: str = "llm.calls"
+    output_topic_prefix: str = Field(
+        "", description="prefix for every output topic (e.g. 'staging.' → staging.llm.alerts.budget)"
+    )
+    partitions: int = Field(6, ge=1, description="partitions of topics the worker creates")
+    flush_interval_ms: int = Field(500, ge=10, description="max time between ClickHouse flushes")
+    checkpoint_interval_s: float = Field(30.0, gt=0, description="engine state checkpoint period")
+    worker_id: str = Field(
+        "worker-0", description="stable id of this worker slot (names its Kafka transactions)"
+    )
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(9464, ge=0, le=65535, description="/metrics port, 0 = off")
     log_level: str = "WARNING"
 
 

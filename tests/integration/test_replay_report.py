@@ -6,19 +6,14 @@ test's temporary folder.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import subprocess
 import sys
-from datetime import datetime
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 import pytest
+from expected import expected_totals
 
-from llmops_stream.stream.pricing import PriceTable
 from llmops_stream.stream.synth import (
     SynthConfig,
     generate_bad_events,
@@ -31,7 +26,6 @@ pytestmark = pytest.mark.integration
 
 MODEL = "text-embedding-3-small"
 THRESHOLD = 0.8
-MAX_AGE_MS = 30 * 86_400_000
 BUDGETS = {
     "default": [
         {"id": "d", "limit_usd": 20.0, "window": "24h", "soft": [0.5, 0.8], "hard": 1.0},
@@ -45,63 +39,6 @@ def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "llmops_stream.stream.cli", *args],
         env=env, capture_output=True, text=True, timeout=600, check=False,
     )
-
-
-def ms(v: Any) -> int:
-    if isinstance(v, int):
-        return v
-    dt = datetime.fromisoformat(v)
-    return int(dt.timestamp()) * 1000 + dt.microsecond // 1000
-
-
-def expected_totals(lines: list[bytes], eval_path: Path) -> dict[str, dict[str, Any]]:
-    """Per-tenant totals by a plain reading of SPEC §3, independent of the engine."""
-    ev = [json.loads(x) for x in eval_path.read_text().splitlines()]
-    mat = np.array([np.frombuffer(base64.b64decode(e["embedding"]), "<f4") for e in ev], float)
-    mat /= np.linalg.norm(mat, axis=1, keepdims=True)
-    prices = PriceTable()
-    seen: set[tuple[str, str]] = set()
-    out: dict[str, dict[str, Any]] = {}
-    fields = ("calls", "cost_usd", "input_tokens", "output_tokens", "cache_read_tokens",
-              "cache_write_tokens", "scored_calls", "uncovered_calls", "retrieval_calls",
-              "stale_calls", "rejected")
-    for raw in lines:
-        e = json.loads(raw)
-        key = (e["tenant_id"], e["event_id"])
-        if key in seen:
-            continue
-        seen.add(key)
-        t = out.setdefault(e["tenant_id"], dict.fromkeys(fields, 0))
-        u = e["usage"]
-        inp, outp = u["input_tokens"], u["output_tokens"]
-        cr, cw = u.get("cache_read_tokens") or 0, u.get("cache_write_tokens") or 0
-        p = prices.resolve(e["model"], e.get("provider") or "")
-        if p is not None and e.get("status") != "cache_hit":
-            rates = p.rates_for(inp)
-            t["cost_usd"] += ((inp - cr - cw) * rates[0] + cr * rates[2] + cw * rates[3]
-                              + outp * rates[1]) / 1e6
-        t["calls"] += 1
-        t["input_tokens"] += inp
-        t["output_tokens"] += outp
-        t["cache_read_tokens"] += cr
-        t["cache_write_tokens"] += cw
-        if e.get("embedding") and e.get("embedding_model") == MODEL:
-            v = e["embedding"]
-            vec = (np.frombuffer(base64.b64decode(v), "<f4") if isinstance(v, str)
-                   else np.array(v, "<f4")).astype(float)
-            t["scored_calls"] += 1
-            t["uncovered_calls"] += int((mat @ (vec / np.linalg.norm(vec))).max() < THRESHOLD)
-        chunks = (e.get("retrieval") or {}).get("chunks") or []
-        if chunks:
-            t["retrieval_calls"] += 1
-            ts = ms(e["ts"])
-            t["stale_calls"] += int(any(
-                (c.get("source_updated_at") is not None
-                 and ms(c["source_updated_at"]) > ms(c["embedded_at"]))
-                or ts - ms(c["embedded_at"]) > MAX_AGE_MS
-                for c in chunks
-            ))
-    return out
 
 
 def test_replay_report_equals_independent_totals(tmp_path: Path) -> None:
@@ -130,7 +67,7 @@ def test_replay_report_equals_independent_totals(tmp_path: Path) -> None:
     assert rep.returncode == 0, rep.stderr[-3000:]
     report = json.loads(rep.stdout)
 
-    expected = expected_totals(events, eval_path)
+    expected = expected_totals(events, eval_path, MODEL, THRESHOLD)
     bad_by_tenant: dict[str, int] = {}
     for raw, _reason in bad:
         try:

@@ -1,0 +1,131 @@
+"""Kafka records of the engine's outputs: alerts, DLQ, budget state, eval-set candidates.
+
+Pure functions from :class:`~.engine.BatchOutput` to ``Record`` tuples; the worker sends them
+inside its Kafka transaction. Topic names follow SPEC §4, with an optional prefix.
+
+- ``llm.alerts.<type>``: key tenant, value the alert JSON (``alerts.Alert``).
+- ``llm.calls.dlq``: value = the original bytes unchanged; the reason, detail and source
+  position travel in headers (``reason``, ``detail``, ``tenant_id``, ``source_topic``,
+  ``source_partition``, ``source_offset``).
+- ``llm.budget.state`` (compacted): key tenant, value ``{"tenant_id", "status", "as_of",
+  "budgets": [...]}`` with every budget of the tenant, so the latest record is complete.
+- ``llm.eval.candidates``: key tenant, value JSON with the embedding as base64 float32.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any, NamedTuple
+
+import msgspec
+import numpy as np
+import orjson
+
+from .alerts import Alert
+from .budgets import BudgetState
+from .timeutil import ms_to_iso
+
+DLQ = "llm.calls.dlq"
+BUDGET_STATE = "llm.budget.state"
+CANDIDATES = "llm.eval.candidates"
+ALERT_TOPICS = {t: f"llm.alerts.{t}" for t in ("budget", "drift", "freshness")}
+_STATUS_ORDER = {"ok": 0, "warn": 1, "exceeded": 2}
+
+
+class Record(NamedTuple):
+    """One Kafka record to send."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
+def output_topics(prefix: str = "") -> dict[str, str]:
+    """Every output topic by role, with ``prefix`` applied."""
+    topics = {"dlq": DLQ, "budget_state": BUDGET_STATE, "candidates": CANDIDATES}
+    topics.update({f"alerts.{t}": name for t, name in ALERT_TOPICS.items()})
+    return {role: prefix + name for role, name in topics.items()}
+
+
+def alert_records(alerts: list[Alert], prefix: str = "") -> list[Record]:
+    """One record per alert on its type's topic."""
+    enc = msgspec.json.encode
+    return [
+        Record(prefix + ALERT_TOPICS[a.type], a.tenant_id.encode(), enc(a), []) for a in alerts
+    ]
+
+
+def dlq_records(rejected: dict[str, Any], topic: str, prefix: str = "") -> list[Record]:
+    """DLQ records of a batch's ``rejected`` columns (see ``engine.BatchOutput``)."""
+    out = []
+    for i, raw in enumerate(rejected["raw"]):
+        tenant = rejected["tenant_id"][i]
+        out.append(
+            Record(
+                prefix + DLQ,
+                tenant.encode() if tenant else None,
+                bytes(raw),
+                [
+                    ("reason", rejected["reason"][i].encode()),
+                    ("detail", rejected["detail"][i].encode()),
+                    ("tenant_id", tenant.encode()),
+                    ("source_topic", topic.encode()),
+                    ("source_partition", str(int(rejected["kafka_partition"][i])).encode()),
+                    ("source_offset", str(int(rejected["kafka_offset"][i])).encode()),
+                ],
+            )
+        )
+    return out
+
+
+def budget_state_records(states: list[BudgetState], prefix: str = "") -> list[Record]:
+    """One compacted record per tenant holding all of its budgets (latest state wins)."""
+    by_tenant: dict[str, list[BudgetState]] = {}
+    for s in states:
+        by_tenant.setdefault(s.tenant_id, []).append(s)
+    out = []
+    for tenant, items in by_tenant.items():
+        worst = max(items, key=lambda s: _STATUS_ORDER.get(s.status, 0)).status
+        value = {
+            "tenant_id": tenant,
+            "status": worst,
+            "as_of": ms_to_iso(max(s.as_of_ms for s in items)),
+            "budgets": [
+                {
+                    "budget_id": s.budget_id,
+                    "window": s.window,
+                    "limit_usd": s.limit_usd,
+                    "spend_usd": s.spend_usd,
+                    "remaining_usd": s.remaining_usd,
+                    "status": s.status,
+                    "as_of": ms_to_iso(s.as_of_ms),
+                    "period_start": ms_to_iso(s.period_start_ms),
+                }
+                for s in items
+            ],
+        }
+        out.append(Record(prefix + BUDGET_STATE, tenant.encode(), orjson.dumps(value), []))
+    return out
+
+
+def candidate_records(candidates: dict[str, Any], prefix: str = "") -> list[Record]:
+    """Eval-set candidate records (uncovered inputs sampled by the engine)."""
+    out = []
+    for i in range(len(candidates.get("event_id", ()))):
+        emb = np.asarray(candidates["embedding"][i], dtype="<f4").tobytes()
+        value = {
+            "event_id": candidates["event_id"][i],
+            "ts": ms_to_iso(int(candidates["ts"][i])),
+            "tenant_id": candidates["tenant_id"][i],
+            "app": candidates["app"][i],
+            "embedding_model": candidates["embedding_model"][i],
+            "eval_set_version": candidates["eval_set_version"][i],
+            "nn_sim": float(candidates["nn_sim"][i]),
+            "centroid_sim": float(candidates["centroid_sim"][i]),
+            "nearest_eval_id": candidates["nearest_eval_id"][i],
+            "embedding": base64.b64encode(emb).decode(),
+        }
+        out.append(Record(prefix + CANDIDATES, candidates["tenant_id"][i].encode(),
+                          orjson.dumps(value), []))
+    return out

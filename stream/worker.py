@@ -1,0 +1,433 @@
+"""The Kafka worker (``llmops-stream run``): consumer group → engine → ClickHouse + topics.
+
+Exactly-once, by construction:
+
+* Each partition has its own :class:`~.engine.Engine` (dedup, budgets, windows): events are
+  keyed by tenant, so a tenant's state lives with its partition and follows it on rebalance.
+* A **flush** writes, per partition, the offset range ``[start, end)`` processed since the
+  last one (a *segment*): first the segment itself (``llm_segments``), then the rows, each
+  insert with a token naming the segment; then, in **one Kafka transaction**, the alerts,
+  DLQ records, budget states and eval candidates of the segment together with the consumer
+  offsets (``send_offsets_to_transaction``). Nothing is visible to ``read_committed``
+  consumers, and no offset moves, before ClickHouse holds the rows.
+* After a crash the partition restarts from its committed offset with the engine state
+  restored from the latest checkpoint (``llm_engine_state``, written every
+  ``checkpoint_interval_s`` at a committed offset; events between it and the committed
+  offset are replayed to rebuild state, with their outputs discarded: they were
+  committed). If a segment had been started at the committed offset, it is redone over
+  exactly the same range, so its inserts carry the same tokens and ClickHouse keeps one
+  copy; its Kafka outputs were never committed, so they are sent once.
+* ClickHouse down: the flush retries with backoff and nothing is consumed meanwhile
+  (backpressure). SIGTERM: a last flush and checkpoint, then exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import base64
+import logging
+import time
+from bisect import bisect_left
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from .engine import Engine, EngineConfig
+from .metrics import WorkerMetrics
+from .outputs import (
+    Record,
+    alert_records,
+    budget_state_records,
+    candidate_records,
+    dlq_records,
+    output_topics,
+)
+from .settings import Settings
+from .sink_clickhouse import ClickHouseSink
+from .timeutil import now_ms
+
+log = logging.getLogger("llmops_stream.worker")
+
+MAX_BACKOFF_S = 10.0
+
+
+@dataclass
+class PartitionRun:
+    """What the worker holds for one owned partition."""
+
+    tp: TopicPartition
+    engine: Engine
+    committed: int  # offsets below were processed and committed in an earlier run
+    seg_start: int  # first offset of the segment being built
+    next_offset: int  # next offset to process
+    forced_end: int | None  # a segment started before a crash must end exactly here
+    sink: ClickHouseSink
+    records: list[Record] = field(default_factory=list)
+    alert_types: list[str] = field(default_factory=list)
+    checkpointed: int = -1
+
+    @property
+    def pending(self) -> bool:
+        return self.next_offset > self.seg_start
+
+
+def _offset(record: Any) -> int:
+    return int(record.offset)
+
+
+def kafka_kwargs(settings: Settings) -> dict[str, Any]:
+    """aiokafka connection options (bootstrap, TLS, SASL) from settings; secrets stay inside."""
+    kw: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_sasl_mechanism:
+        kw["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        kw["sasl_plain_username"] = settings.kafka_sasl_username
+        kw["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
+    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        from aiokafka.helpers import create_ssl_context  # noqa: PLC0415
+
+        kw["ssl_context"] = create_ssl_context(
+            cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None,
+            certfile=str(settings.kafka_ssl_certfile) if settings.kafka_ssl_certfile else None,
+            keyfile=str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None,
+        )
+    return kw
+
+
+async def ensure_topics(settings: Settings) -> None:
+    """Create the input and output topics if missing (budget state compacted)."""
+    admin = AIOKafkaAdminClient(**kafka_kwargs(settings))
+    await admin.start()
+    try:
+        wanted = {settings.topic: settings.partitions}
+        for name in output_topics(settings.output_topic_prefix).values():
+            wanted[name] = settings.partitions
+        existing = set(await admin.list_topics())
+        new = []
+        for name, parts in wanted.items():
+            if name in existing:
+                continue
+            configs = {"cleanup.policy": "compact"} if name.endswith("llm.budget.state") else {}
+            new.append(NewTopic(name, num_partitions=parts, replication_factor=1,
+                                topic_configs=configs))
+        if new:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another worker was first
+                await admin.create_topics(new)
+    finally:
+        await admin.close()
+
+
+class _Listener(ConsumerRebalanceListener):  # aiokafka requires this base class
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self.worker.on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self.worker.on_assigned(assigned)
+
+
+class Worker:
+    """One consumer-group member; ``await run(stop)`` until ``stop`` is set."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine_config: Callable[[], EngineConfig],
+        client: Any,
+        *,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
+        self.s = settings
+        self.engine_config = engine_config
+        self.client = client
+        self.db = settings.clickhouse_database
+        self.metrics = metrics or WorkerMetrics()
+        self.runs: dict[TopicPartition, PartitionRun] = {}
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self._stop: asyncio.Event | None = None
+        self._last_flush = time.monotonic()
+        self._last_checkpoint = time.monotonic()
+        self._producer_broken = False
+
+    @property
+    def _consumer(self) -> AIOKafkaConsumer:
+        if self.consumer is None:
+            raise RuntimeError("worker not started")
+        return self.consumer
+
+    @property
+    def _producer(self) -> AIOKafkaProducer:
+        if self.producer is None:
+            raise RuntimeError("worker not started")
+        return self.producer
+
+    # ------------------------------------------------------------------ lifecycle
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until ``stop`` is set, then flush, checkpoint and leave the group."""
+        self._stop = stop
+        kw = kafka_kwargs(self.s)
+        await ensure_topics(self.s)
+        await self._new_producer()
+        self.consumer = AIOKafkaConsumer(
+            **kw, group_id=self.s.group, enable_auto_commit=False,
+            auto_offset_reset="earliest", isolation_level="read_committed",
+            max_poll_interval_ms=3_600_000,  # a ClickHouse outage must not expel us
+            fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=8 * 1024 * 1024,
+        )
+        self.consumer.subscribe([self.s.topic], listener=_Listener(self))
+        await self.consumer.start()
+        try:
+            while not stop.is_set():
+                batches = await self.consumer.getmany(
+                    timeout_ms=min(100, self.s.flush_interval_ms), max_records=self.s.batch_size
+                )
+                for tp, recs in batches.items():
+                    if tp in self.runs and recs:
+                        await self._handle(self.runs[tp], recs)
+                if time.monotonic() - self._last_flush >= self.s.flush_interval_ms / 1000:
+                    await self.flush()
+                await self._update_lag()
+                self.metrics.maybe_log(partitions=len(self.runs))
+            await self.flush()
+            await self.checkpoint(force=True)
+        finally:
+            await self.consumer.stop()
+            await self.producer.stop()
+
+    # ------------------------------------------------------------------ rebalance
+    async def on_revoked(self, revoked: list[TopicPartition]) -> None:
+        """Flush what is pending (it still belongs to us), checkpoint, then let go."""
+        if any(tp in self.runs for tp in revoked):
+            await self.flush()
+            await self.checkpoint(force=True, only=revoked)
+        for tp in revoked:
+            self.runs.pop(tp, None)
+        self.metrics.assigned.set(len(self.runs))
+
+    async def on_assigned(self, assigned: list[TopicPartition]) -> None:
+        """Restore each partition's engine from its checkpoint and seek where to replay."""
+        for tp in assigned:
+            if tp in self.runs:
+                continue
+            beginning = (await self._consumer.beginning_offsets([tp]))[tp]
+            committed = await self._consumer.committed(tp)
+            committed = beginning if committed is None else max(committed, beginning)
+            engine, start = self._restore(tp, committed, beginning)
+            forced = self._query_one(
+                f"SELECT end_offset FROM {self.db}.llm_segments WHERE group_id = %(g)s AND "  # noqa: S608 - db name validated in connect()
+                "topic = %(t)s AND partition = %(p)s AND start_offset = %(o)s "
+                "ORDER BY created_at LIMIT 1",
+                {"g": self.s.group, "t": tp.topic, "p": tp.partition, "o": committed},
+            )
+            self.runs[tp] = PartitionRun(
+                tp=tp, engine=engine, committed=committed, seg_start=committed,
+                next_offset=start, forced_end=int(forced) if forced is not None else None,
+                sink=ClickHouseSink(self.client, self.db), checkpointed=start,
+            )
+            self._consumer.seek(tp, start)
+            log.info("assigned %s[%d]: committed %d, replay from %d, forced end %s",
+                     tp.topic, tp.partition, committed, start, forced)
+        self.metrics.assigned.set(len(self.runs))
+
+    def _restore(self, tp: TopicPartition, committed: int, beginning: int) -> tuple[Engine, int]:
+        """Engine state at the latest checkpoint at or before ``committed``, and its offset.
+
+        Without a checkpoint the partition is replayed from its beginning to rebuild state
+        (if retention already dropped early events, their budget share is gone too).
+        """
+        rows = self.client.query(
+            f"SELECT offset, state FROM {self.db}.llm_engine_state WHERE group_id = %(g)s AND "  # noqa: S608 - db name validated in connect()
+            "topic = %(t)s AND partition = %(p)s AND offset <= %(o)s "
+            "ORDER BY offset DESC LIMIT 1",
+            parameters={"g": self.s.group, "t": tp.topic, "p": tp.partition, "o": committed},
+        ).result_rows
+        if rows:
+            offset, blob = rows[0]
+            return Engine.restore(self.engine_config(), base64.b64decode(blob)), int(offset)
+        return Engine(self.engine_config()), beginning
+
+    def _query_one(self, sql: str, params: dict[str, Any]) -> Any:
+        rows = self.client.query(sql, parameters=params).result_rows
+        return rows[0][0] if rows else None
+
+    # ------------------------------------------------------------------ processing
+    async def _handle(self, run: PartitionRun, recs: list[Any]) -> None:
+        """Process consumed records of one partition, honouring replay and forced ends.
+
+        Two limits cut a fetch: the committed offset (records below it only rebuild state)
+        and a forced segment end (the segment must be flushed exactly there).
+        """
+        recs = [r for r in recs if r.offset >= run.next_offset]  # re-fetched after a seek
+        i = 0
+        while i < len(recs):
+            limit = run.committed if run.next_offset < run.committed else run.forced_end
+            j = len(recs) if limit is None else bisect_left(recs, limit, lo=i, key=_offset)
+            if j > i:
+                self._process(run, recs[i:j])
+                i = j
+            elif limit is not None:
+                # nothing left below the limit (offsets can have gaps): we are at it
+                run.next_offset = limit
+                if limit == run.committed:
+                    run.seg_start = limit
+            if run.forced_end is not None and run.next_offset >= run.forced_end:
+                await self.flush()  # redo the interrupted segment over exactly its range
+
+    def _process(self, run: PartitionRun, recs: list[Any]) -> None:
+        messages = [r.value if r.value is not None else b"" for r in recs]
+        offsets = np.fromiter((r.offset for r in recs), dtype=np.int64, count=len(recs))
+        out = run.engine.process(
+            messages, source=run.tp.topic,
+            partitions=np.full(len(recs), run.tp.partition, np.int32), offsets=offsets,
+        )
+        run.next_offset = int(offsets[-1]) + 1
+        if run.next_offset <= run.committed:
+            # replaying already-committed events only to rebuild state: outputs were sent
+            run.seg_start = run.next_offset
+            return
+        self.metrics.record_batch(out.stats)
+        run.sink.add(out)
+        prefix = self.s.output_topic_prefix
+        run.records += alert_records(out.alerts, prefix)
+        run.records += dlq_records(out.rejected, run.tp.topic, prefix)
+        run.records += budget_state_records(out.budget_states, prefix)
+        run.records += candidate_records(out.candidates, prefix)
+        run.alert_types += [a.type for a in out.alerts]
+
+    # ------------------------------------------------------------------ flush
+    async def flush(self) -> None:
+        """Write every pending segment to ClickHouse, then commit outputs + offsets."""
+        self._last_flush = time.monotonic()
+        ready = [
+            r for r in self.runs.values()
+            if r.pending and (r.forced_end is None or r.next_offset >= r.forced_end)
+        ]
+        if not ready:
+            return
+        started = time.perf_counter()
+        for run in ready:
+            end = run.next_offset
+            seg = f"{self.s.group}:{run.tp.topic}:{run.tp.partition}:{run.seg_start}"
+            await self._retry("ClickHouse", lambda run=run, end=end, seg=seg:
+                              self._write_segment(run, end, seg))
+        await self._retry("Kafka", lambda: self._commit(ready), clickhouse=False)
+        for run in ready:
+            run.committed = run.seg_start = run.next_offset
+            run.forced_end = None
+            run.records, run.alert_types = [], []
+        self.metrics.flush.observe(time.perf_counter() - started)
+        await self.checkpoint()
+
+    def _write_segment(self, run: PartitionRun, end: int, seg: str) -> None:
+        self.client.insert_arrow(
+            f"{self.db}.llm_segments",
+            pa.table({
+                "group_id": [self.s.group], "topic": [run.tp.topic],
+                "partition": pa.array([run.tp.partition], pa.int32()),
+                "start_offset": pa.array([run.seg_start], pa.int64()),
+                "end_offset": pa.array([end], pa.int64()),
+                "created_at": pa.array([now_ms()], pa.int64()).cast(pa.timestamp("ms", "UTC")),
+            }),
+            settings={"insert_deduplication_token": f"segment:{seg}"},
+        )
+        run.sink.flush(f"{seg}-{end}")
+
+    async def _new_producer(self) -> None:
+        """(Re)start the transactional producer; the same id fences and aborts any older
+        incarnation's open transaction (e.g. after a crash or a failed commit)."""
+        if self.producer is not None:
+            try:
+                await self.producer.stop()
+            except Exception as exc:  # a broken producer may fail to stop; replace it anyway
+                log.warning("stopping the old producer failed: %s", exc)
+        self.producer = AIOKafkaProducer(
+            **kafka_kwargs(self.s),
+            transactional_id=f"{self.s.group}.{self.s.topic}.{self.s.worker_id}",
+            enable_idempotence=True, acks="all", linger_ms=5,
+        )
+        await self.producer.start()
+
+    async def _commit(self, ready: list[PartitionRun]) -> None:
+        if self._producer_broken:
+            await self._new_producer()
+            self._producer_broken = False
+        self._producer_broken = True  # until the transaction commits
+        async with self._producer.transaction():
+            futures = [
+                await self._producer.send(rec.topic, value=rec.value, key=rec.key,
+                                         headers=rec.headers)
+                for run in ready for rec in run.records
+            ]
+            if futures:
+                await asyncio.gather(*futures)
+            await self._producer.send_offsets_to_transaction(
+                {run.tp: run.next_offset for run in ready}, self.s.group
+            )
+        self._producer_broken = False
+        for run in ready:
+            self.metrics.record_alerts(run.alert_types)
+
+    async def _retry(self, what: str, fn: Callable[[], Any], *, clickhouse: bool = True) -> None:
+        """Run ``fn`` (sync or async) until it succeeds; back off while the service fails."""
+        delay = 0.2
+        while True:
+            try:
+                result = fn()
+                if asyncio.iscoroutine(result):
+                    await result
+                return
+            except Exception as exc:  # any failure of the service: retry, never drop data
+                (self.metrics.ch_errors if clickhouse else self.metrics.kafka_errors).inc()
+                log.warning("%s write failed (%s: %s); retrying in %.1f s", what,
+                            type(exc).__name__, str(exc)[:200], delay)
+                if self._stop is not None and self._stop.is_set() and delay >= MAX_BACKOFF_S:
+                    raise  # shutting down during an outage: leave, offsets stay uncommitted
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF_S)
+
+    async def checkpoint(self, *, force: bool = False,
+                         only: list[TopicPartition] | None = None) -> None:
+        """Store engine states at their committed offsets (periodically, or now)."""
+        if not force and time.monotonic() - self._last_checkpoint < self.s.checkpoint_interval_s:
+            return
+        self._last_checkpoint = time.monotonic()
+        for tp, run in self.runs.items():
+            if (only is not None and tp not in only) or run.pending:
+                continue
+            if run.checkpointed == run.committed or run.next_offset != run.committed:
+                continue
+            state = run.engine.snapshot()
+            offset = run.committed
+            await self._retry("ClickHouse", lambda tp=tp, state=state, offset=offset:
+                              self.client.insert_arrow(
+                f"{self.db}.llm_engine_state",
+                pa.table({
+                    "group_id": [self.s.group], "topic": [tp.topic],
+                    "partition": pa.array([tp.partition], pa.int32()),
+                    "offset": pa.array([offset], pa.int64()),
+                    "state": [base64.b64encode(state).decode()],
+                    "created_at": pa.array([now_ms()], pa.int64()).cast(
+                        pa.timestamp("ms", "UTC")),
+                }),
+                settings={"insert_deduplication_token":
+                          f"state:{self.s.group}:{tp.topic}:{tp.partition}:{offset}"},
+            ))
+            run.checkpointed = offset
+
+    async def _update_lag(self) -> None:
+        for tp in self.runs:
+            high = self._consumer.highwater(tp)
+            if high is not None:
+                self.metrics.set_lag(tp.partition, max(0, high - self.runs[tp].next_offset))
