@@ -351,6 +351,9 @@ def _rule_info(rule: BudgetRule) -> _RuleInfo:
     )
 
 
+_STATUS_NAMES = np.array(["ok", "warn", "exceeded"], dtype=object)
+
+
 def _status(spend: int, info: _RuleInfo) -> str:
     if spend >= info.thresholds[-1]:
         return "exceeded"
@@ -365,8 +368,60 @@ class _StateBuilder:
     def __init__(self, names: list[str], infos: list[_RuleInfo]) -> None:
         self.names = names
         self.infos = infos
+        self._name_arr = np.empty(0, dtype=object)  # ``names`` as an array, grown lazily
+        # Per-rule columns for the vectorised path.
+        self._r_budget = np.array([i.budget_id for i in infos] or [""], dtype=object)
+        self._r_window = np.array([i.window for i in infos] or [""], dtype=object)
+        self._r_limit = np.array([i.limit_usd for i in infos] or [0.0], dtype=np.float64)
+        self._r_limit_units = np.array([i.limit_units for i in infos] or [0], dtype=np.int64)
+        self._r_hard = np.array([i.thresholds[-1] for i in infos] or [0], dtype=np.int64)
+        # No soft level: "warn" can never apply, so its threshold is beyond any spend.
+        self._r_soft = np.array(
+            [i.thresholds[0] if i.nsoft else _CAP for i in infos] or [0], dtype=np.int64
+        )
+        self._r_sliding_ms = np.array(
+            [i.window_ms if i.kind == _KIND_SLIDING else 0 for i in infos] or [0], np.int64
+        )
+        self._r_sliding = np.array([i.kind == _KIND_SLIDING for i in infos] or [False])
+
+    def columns(self, rows: npt.NDArray[np.int64]) -> dict[str, npt.NDArray[Any]]:
+        """The fields of :class:`BudgetState` as arrays of the same values, in the same
+        order as :meth:`build`: object[k] for strings, float64[k] USD, int64[k] epoch ms."""
+        rows = rows[rows[:, _S_INIT] != 0]
+        if len(self._name_arr) < len(self.names):
+            self._name_arr = np.array(self.names, dtype=object)
+        r = rows[:, _S_RULE]
+        hi = rows[:, _S_HI]
+        lo = rows[:, _S_LO]
+        left = self._r_limit_units[r] - lo  # exact: both below 2**62
+        # int64 -> float64 then / 1e10 equals the exact int / 10**10 below 2**53.
+        small = (hi == 0) & (lo < 1 << 53) & (np.abs(left) < 1 << 53)
+        spend_usd = lo.astype(np.float64) / UNITS_PER_USD
+        remaining_usd = left.astype(np.float64) / UNITS_PER_USD
+        for k in np.flatnonzero(~small).tolist():
+            spend = (int(hi[k]) << 62) + int(lo[k])
+            spend_usd[k] = spend / UNITS_PER_USD
+            remaining_usd[k] = (int(self._r_limit_units[r[k]]) - spend) / UNITS_PER_USD
+        code = np.where(
+            (hi > 0) | (lo >= self._r_hard[r]), 2, np.where(lo >= self._r_soft[r], 1, 0)
+        )
+        wm = rows[:, _S_WM].copy()
+        return {
+            "tenant_id": self._name_arr[rows[:, _S_TENANT]],
+            "budget_id": self._r_budget[r],
+            "window": self._r_window[r],
+            "limit_usd": self._r_limit[r],
+            "spend_usd": spend_usd,
+            "remaining_usd": remaining_usd,
+            "status": _STATUS_NAMES[code],
+            "as_of_ms": wm,
+            "period_start_ms": np.where(
+                self._r_sliding[r], wm - self._r_sliding_ms[r], rows[:, _S_PSTART]
+            ),
+        }
 
     def build(self, rows: npt.NDArray[np.int64]) -> list[BudgetState]:
+        """One :class:`BudgetState` per initialised row of ``rows`` (int64[k, _S_NF])."""
         out: list[BudgetState] = []
         for t, r, init, wm, pstart, hi, lo in rows[
             :, [_S_TENANT, _S_RULE, _S_INIT, _S_WM, _S_PSTART, _S_HI, _S_LO]
@@ -410,8 +465,14 @@ class BudgetResult:
 
     @cached_property
     def states(self) -> list[BudgetState]:
-        """States of the (tenant, budget) pairs touched by the batch, in slot order."""
+        """States of the (tenant, budget) pairs touched by the batch: tenants in the order
+        of their first event in the batch, each tenant's budgets in rule order."""
         return self._builder.build(self._rows)
+
+    def state_columns(self) -> dict[str, npt.NDArray[Any]]:
+        """:attr:`states` as columns (one array per field, same order), built without a
+        Python object per state: for sinks that write arrays (ClickHouse, state topic)."""
+        return self._builder.columns(self._rows)
 
 
 # --------------------------------------------------------------------------- kernels
@@ -826,8 +887,10 @@ def _cost_units(cost_usd: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
 class BudgetTracker:
     """Budget state of every tenant; feed it batches with :meth:`apply`.
 
-    Tenants are interned to consecutive indices; each owns one slot row per budget rule.
-    All per-event work happens in :func:`_apply_kernel`.
+    Tenants are interned to consecutive indices; each owns one slot row per budget rule
+    (``config.rules_for(tenant)``), a tenant without rules owns none and costs one dict
+    entry. All per-event work happens in :func:`_apply_kernel`; Python only interns tenant
+    names per batch and builds the (rare) alerts.
     """
 
     def __init__(self, config: BudgetConfig) -> None:
@@ -1023,15 +1086,20 @@ class BudgetTracker:
         """Current state of every known (tenant, budget), in slot order."""
         return self._builder.build(self._slots[: self._nslots])
 
+    def state_columns(self) -> dict[str, npt.NDArray[Any]]:
+        """:meth:`states` as columns (see :meth:`BudgetResult.state_columns`)."""
+        return self._builder.columns(self._slots[: self._nslots])
+
     # ---- checkpoints
 
     def snapshot(self) -> bytes:
         """The full state as bytes (an ``.npz`` archive, no pickles) for :meth:`restore`.
 
         Holds the config it was made with, the tenant names, the slot table and only the
-        stored buckets, so it is about ``104 B x budgets + 16 B x non-empty buckets``.
+        stored buckets, so it is about ``128 B x budgets + 16 B x non-empty buckets`` plus
+        the names. Equal states give equal bytes.
         """
-        blob = "\x00".join(self._names).encode("utf-8")
+        encoded = [nm.encode("utf-8") for nm in self._names]
         # The pool layout is rebuilt on restore; zero it so equal states give equal bytes.
         slots = self._slots[: self._nslots].copy()
         slots[:, [_S_QOFF, _S_QHEAD, _S_QCAP]] = 0
@@ -1040,8 +1108,8 @@ class BudgetTracker:
             buf,
             version=np.array([_SNAPSHOT_VERSION], np.int64),
             config=np.frombuffer(self._config.model_dump_json().encode("utf-8"), np.uint8),
-            ntenants=np.array([len(self._names)], np.int64),
-            names=np.frombuffer(blob, np.uint8),
+            name_lengths=np.array([len(e) for e in encoded], np.int64),
+            names=np.frombuffer(b"".join(encoded), np.uint8),
             slots=slots,
             buckets=_gather_buckets(self._slots, self._nslots, self._pool),
         )
@@ -1058,15 +1126,19 @@ class BudgetTracker:
             z = np.load(io.BytesIO(data), allow_pickle=False)
             version = int(z["version"][0])
             old_json = z["config"].tobytes().decode("utf-8")
-            ntenants = int(z["ntenants"][0])
-            blob = z["names"].tobytes().decode("utf-8")
+            lengths = z["name_lengths"].tolist()
+            blob = z["names"].tobytes()
             old_slots = np.asarray(z["slots"], np.int64).reshape(-1, _S_NF)
             buckets = np.ascontiguousarray(z["buckets"], np.int64).reshape(-1, 2)
         except (OSError, ValueError, KeyError, UnicodeDecodeError) as err:
             raise ValueError(f"not a budget snapshot: {err}") from None
         if version != _SNAPSHOT_VERSION:
             raise ValueError(f"budget snapshot version {version} is not supported")
-        names = blob.split("\x00") if ntenants else []
+        ends = np.cumsum(lengths).tolist()
+        try:
+            names = [blob[e - n : e].decode("utf-8") for n, e in zip(lengths, ends, strict=True)]
+        except UnicodeDecodeError as err:
+            raise ValueError(f"not a budget snapshot: {err}") from None
         tr = cls(config)
         if names:
             tr._register(names)

@@ -183,10 +183,8 @@ class ReferenceBudgets:
             rule = next(r for r in self.config.rules_for(tenant) if r.budget_id == budget_id)
             spend = self.spend(rule, slot)
             limit = round(rule.limit_usd * 1e10)
-            if rule.window in SLIDING:
-                start = slot.wm - SLIDING[rule.window][2]
-            else:
-                start = slot.period[0]
+            sliding = SLIDING.get(rule.window)
+            start = slot.wm - sliding[2] if sliding else slot.period[0]
             out[(tenant, budget_id)] = {
                 "tenant_id": tenant,
                 "budget_id": budget_id,
