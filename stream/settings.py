@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     kafka_ssl_cafile: Path | None = None
     kafka_ssl_certfile: Path | None = None
     kafka_ssl_keyfile: Path | None = None
+    kafka_session_timeout_ms: int = Field(
+        10_000, ge=6_000, description="a dead worker's partitions move after this long"
+    )
     group: str = "llmops-stream"
     topic: str = "llm.calls"
     output_topic_prefix: str = Field(

@@ -183,6 +183,8 @@ class Worker:
         self.consumer = AIOKafkaConsumer(
             **kw, group_id=self.s.group, enable_auto_commit=False,
             auto_offset_reset="earliest", isolation_level="read_committed",
+            session_timeout_ms=self.s.kafka_session_timeout_ms,
+            heartbeat_interval_ms=max(1000, self.s.kafka_session_timeout_ms // 3),
             max_poll_interval_ms=3_600_000,  # a ClickHouse outage must not expel us
             fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=8 * 1024 * 1024,
         )

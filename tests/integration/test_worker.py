@@ -62,6 +62,7 @@ class Workers:
             "LLMOPS_FLUSH_INTERVAL_MS": "200",
             "LLMOPS_CHECKPOINT_INTERVAL_S": "1",
             "LLMOPS_BATCH_SIZE": "5000",
+            "LLMOPS_KAFKA_SESSION_TIMEOUT_MS": "6000",
         }
         self.procs: list[subprocess.Popen[bytes]] = []
         self._logs: list[Any] = []
@@ -75,6 +76,17 @@ class Workers:
         )
         self.procs.append(proc)
         return proc
+
+    def wait_assigned(self, proc: subprocess.Popen[bytes], timeout_s: float = 120) -> None:
+        """Block until worker ``proc`` owns partitions (it logs each assignment)."""
+        log = self.tmp / f"worker-{self.procs.index(proc)}.log"
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, self.logs()
+            if b"assigned " in log.read_bytes():
+                return
+            time.sleep(0.2)
+        raise AssertionError("worker never got partitions:\n" + self.logs())
 
     def stop_all(self) -> None:
         for p in self.procs:
@@ -193,7 +205,8 @@ def test_kill_9_three_times_totals_exact_alerts_once(
     try:
         for _ in range(3):
             proc = workers.start()
-            time.sleep(rng.uniform(4.0, 9.0))
+            workers.wait_assigned(proc)
+            time.sleep(rng.uniform(0.5, 3.0))  # a random moment while it processes
             assert proc.poll() is None, workers.logs()
             proc.send_signal(signal.SIGKILL)
             proc.wait(30)
