@@ -4,12 +4,12 @@ For every input vector the scorer reports the cosine similarity to the eval set'
 and to its nearest eval vector, and flags the input *uncovered* when that nearest-neighbour
 similarity is below the eval set's threshold.
 
-Exact search (small and medium eval sets) runs the batch in row blocks: a compiled kernel
-normalises the block, one float32 GEMM (``block @ evalᵀ``, numpy's BLAS: numba's own
-``np.dot`` would need SciPy's BLAS bindings, which the project does not depend on) gives
-its similarities and numpy's SIMD argmax picks each row's best match. No ``k × m``
-similarity matrix is ever built for a whole batch. From :data:`HNSW_MIN_SIZE` eval vectors
-up, an hnswlib graph index answers instead.
+Exact search (small and medium eval sets) runs the batch in tiles of input rows × eval
+columns: a compiled kernel normalises a block of rows, one float32 GEMM per tile
+(``block @ evalᵀ``, numpy's BLAS: numba's own ``np.dot`` would need SciPy's BLAS bindings,
+which the project does not depend on) gives its similarities and numpy's SIMD argmax picks
+each row's best match. No ``k × m`` similarity matrix is ever built for a whole batch.
+From :data:`HNSW_MIN_SIZE` eval vectors up, an hnswlib graph index answers instead.
 
 Whatever found the best match, its similarity (and the centroid similarity) is recomputed
 in float64 from the float64-normalised input. The reported values therefore do not depend
@@ -32,17 +32,33 @@ if TYPE_CHECKING:
 
 # Eval-set size from which hnswlib is used instead of the exact kernel. Measured with
 #   OPENBLAS_NUM_THREADS=1 python bench/drift_switch.py
-# (d=384, clustered unit vectors, 10,000 queries, one core): see the figures there.
-HNSW_MIN_SIZE = 20_000
+# (d=384, one core, 2,000 queries of which a fifth are drifted; see the bench's doc). At the
+# ``ef`` of :func:`hnsw_ef` (top-1 recall >= 0.99), queries/s hnswlib vs exact: 20.4k vs
+# 23.4k at 7,000 vectors, 11.2k vs 13.0k at 13,000, 10.2k vs 8.7k at 20,000, 4.2k vs 3.5k
+# at 50,000 (10,000 was a 1.10x hnswlib win at ef 64, recall 0.995). Crossover: ~16,000.
+# hnswlib's gain stays small (1.2x at 50,000; at 100,000 ef 512 ties the exact kernel with
+# recall 0.989), so the exact kernel keeps the sizes where it is not clearly slower.
+HNSW_MIN_SIZE = 16_000
 
-# hnswlib parameters. ``ef`` is the query-time candidate list; 64 kept top-1 recall at or
-# above 0.999 on the benchmark's clustered data up to 200,000 vectors.
+# hnswlib parameters. M=32 gained no speed at equal recall over M=16 on the bench data.
 HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 200
 HNSW_EF = 64
 # Fixed seed and a single build thread: the same eval set must give the same graph, hence
 # the same answers, after a restart (exactly-once totals include the uncovered counts).
 HNSW_SEED = 7
+
+
+def hnsw_ef(m: int) -> int:
+    """Query-time candidate list for an index of ``m`` vectors.
+
+    Top-1 recall at a fixed ``ef`` falls as the index grows; on the bench data recall >= 0.99
+    needed ef 64 up to ~15,000 vectors, 128 at 20,000, 256 at 50,000 and 512 at 100,000,
+    i.e. about ``m / 200`` rounded up to a power of two, and never below :data:`HNSW_EF`.
+    """
+    need = max(1, -(-m // 200))
+    return max(HNSW_EF, 1 << (need - 1).bit_length())
+
 
 # GEMM tiling: blocks of input rows × chunks of eval columns, so the float32 similarity
 # tile stays near 4 MiB whatever the batch and eval sizes. Measured (one core, d=384):
@@ -291,7 +307,7 @@ class DriftScorer:
             max_elements=m, ef_construction=HNSW_EF_CONSTRUCTION, M=HNSW_M, random_seed=HNSW_SEED
         )
         index.add_items(self._vectors, np.arange(m), num_threads=1)
-        index.set_ef(max(HNSW_EF, 1))
+        index.set_ef(hnsw_ef(m))
         return index
 
     def score(self, vectors: np.ndarray) -> DriftScores:

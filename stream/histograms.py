@@ -4,8 +4,8 @@ A value ``x >= 0`` (milliseconds) falls into bin ``floor(BINS_PER_DOUBLING * log
 so every bin spans a factor ``2 ** (1 / BINS_PER_DOUBLING)`` (about 9 %) of ``1 + x`` and
 any value inside a bin is within about 4.5 % of the bin's midpoint. The ``log2(1 + x)``
 form keeps 0 ms in bin 0 without a special case. The last bin is open-ended: it holds
-everything from ``2 ** 32 - 1`` ms (about 49.7 days) up, long enough for request latencies
-and for freshness lags up to the longest usual index max age.
+everything from ``2 ** (255 / 8) - 1`` ms (about 45.6 days) up, long enough for request
+latencies and for freshness lags beyond the default 30-day index max age.
 
 Histograms are plain ``uint64[N_BINS]`` count vectors: the state of several minutes,
 workers or partitions is their sum, which is what makes them usable as ClickHouse

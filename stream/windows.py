@@ -10,7 +10,8 @@ Lateness is decided per event against the largest timestamp of the events *befor
 stream order* (and against windows already closed): an event is late when its window ends
 at or before that watermark minus ``lateness_ms``. Because that depends only on the order of
 the events, not on how they were cut into batches or when :meth:`ShareWindows.close` ran,
-the same stream always yields the same alerts. Late events are counted and dropped.
+the same stream always yields the same alerts. Late events are dropped; those with a
+non-zero denominator are counted in ``late_events``.
 
 Optionally each event brings lags (e.g. freshness lags of outdated chunks); the window then
 keeps a sparse log-scale histogram per (tenant, app) and alerts carry p50/p90/p99 lags.

@@ -218,10 +218,20 @@ def test_score_validation() -> None:
     assert scorer.score(np.asfortranarray(np.eye(4, dtype=np.float32)[:, ::-1])).scored.all()
 
 
-def test_switch_point_default() -> None:
-    small = DriftScorer(make_evalset(np.eye(4, dtype=np.float32)))
-    assert not small.use_hnsw
-    assert drift.HNSW_MIN_SIZE > 4
+def test_switch_point_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    es = make_evalset(np.eye(4, dtype=np.float32))
+    assert not DriftScorer(es).use_hnsw
+    monkeypatch.setattr(drift, "HNSW_MIN_SIZE", 4)
+    assert DriftScorer(es).use_hnsw
+    assert not DriftScorer(es, use_hnsw=False).use_hnsw
+
+
+def test_hnsw_ef_grows_with_size() -> None:
+    sizes = [1, 2_000, 12_800, 12_801, 20_000, 50_000, 100_000, 10**6]
+    efs = [drift.hnsw_ef(m) for m in sizes]
+    assert efs == sorted(efs) and min(efs) == drift.HNSW_EF
+    assert all(ef >= m / 200 for ef, m in zip(efs, sizes, strict=True))
+    assert all(ef & (ef - 1) == 0 for ef in efs)  # powers of two
 
 
 def test_hnsw_recall_on_clustered_data() -> None:

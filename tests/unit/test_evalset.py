@@ -71,6 +71,7 @@ def test_decode_embedding_round_trips(values: list[float]) -> None:
         {"a": 1},
         None,
         3.0,
+        [10**400],
     ],
 )
 def test_decode_embedding_rejects(value: Any) -> None:
