@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 import numpy as np
+import pybase64
 
 from .rfc3339 import MISSING as MISSING_TS
 from .rfc3339 import times_ms
@@ -202,6 +203,7 @@ class CallBatch:
     context_window: np.ndarray  # int64[n], 0 when absent
     embedding_model: np.ndarray
     embedding: list[bytes | None]  # raw little-endian float32 bytes per event, or None
+    embedding_nbytes: np.ndarray  # int64[n], len of each embedding's bytes (0 = none)
     index_version: np.ndarray
     chunk_offsets: np.ndarray  # int64[n+1]; chunks of row i are [off[i], off[i+1])
     chunk_embedded_at_ms: np.ndarray  # int64[c]
@@ -288,7 +290,9 @@ def _decode_events(
 def _embedding_bytes(value: str | list[float]) -> bytes:
     """Raw little-endian float32 bytes of an embedding field (raises ValueError)."""
     if isinstance(value, str):
-        raw = binascii.a2b_base64(value, strict_mode=True)
+        # pybase64 (SIMD) decodes ~4x faster than binascii: base64 is most of an embedded
+        # event's bytes
+        raw = pybase64.b64decode(value, validate=True)
         if len(raw) == 0 or len(raw) % 4:
             raise ValueError(f"decoded embedding has {len(raw)} bytes, not a float32 multiple")
         return raw
@@ -350,25 +354,25 @@ def decode_batch(messages: list[bytes]) -> tuple[CallBatch, Rejected]:
     bad[(cache_read + cache_write > input_tokens) | (reasoning > output_tokens)] = 1
     bad[(bad == 0) & ((ts_ms < MIN_TS_MS) | (ts_ms >= MAX_TS_MS))] = 2
 
+    raw_embedding = _attr(events, "embedding")
     embedding: list[bytes | None] = [None] * n
-    for i, e in enumerate(events):
-        if e.embedding is not None:
-            try:
-                embedding[i] = _embedding_bytes(e.embedding)
-            except (ValueError, binascii.Error):
-                if bad[i] == 0:
-                    bad[i] = 3
-
-    with_emb = [i for i in range(n) if embedding[i] is not None]
+    nbytes = np.zeros(n, dtype=i64)
+    with_emb = [i for i, v in enumerate(raw_embedding) if v is not None]
+    for i in with_emb:
+        try:
+            embedding[i] = raw = _embedding_bytes(raw_embedding[i])
+            nbytes[i] = len(raw)
+        except (ValueError, binascii.Error):
+            if bad[i] == 0:
+                bad[i] = 3
+    with_emb = [i for i in with_emb if embedding[i] is not None]
     if with_emb:
         flat = np.frombuffer(b"".join([embedding[i] for i in with_emb]), dtype="<f4")  # type: ignore[misc]
-        lens = np.array([len(embedding[i]) // 4 for i in with_emb], dtype=i64)  # type: ignore[arg-type]
         starts = np.zeros(len(with_emb), dtype=i64)
-        np.cumsum(lens[:-1], out=starts[1:])
+        np.cumsum(nbytes[with_emb][:-1] // 4, out=starts[1:])
         not_finite = np.logical_or.reduceat(~np.isfinite(flat), starts)
-        for j in np.flatnonzero(not_finite):
-            if bad[with_emb[j]] == 0:
-                bad[with_emb[j]] = 5
+        rows = np.asarray(with_emb, dtype=i64)[not_finite]
+        bad[rows[bad[rows] == 0]] = 5
 
     retrieval = _attr(events, "retrieval")
     chunk_lists = [r.chunks if r is not None and r.chunks else () for r in retrieval]
@@ -419,6 +423,7 @@ def decode_batch(messages: list[bytes]) -> tuple[CallBatch, Rejected]:
         context_window=_ints(_attr(events, "context_window")),
         embedding_model=_strs(_attr(events, "embedding_model")),
         embedding=embedding,
+        embedding_nbytes=nbytes,
         index_version=_strs([r.index_version if r is not None else None for r in retrieval]),
         chunk_offsets=chunk_offsets,
         chunk_embedded_at_ms=emb_at,

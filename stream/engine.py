@@ -274,25 +274,23 @@ class Engine:
         """Reject embeddings whose dimension differs from their model's eval set."""
         if not self.scorers or b.n == 0:
             return b
-        bad: list[int] = []
-        for i, raw in enumerate(b.embedding):
-            if raw is None:
-                continue
-            es = self.config.eval_sets.get(b.embedding_model[i])
-            if es is not None and len(raw) != 4 * es.dim:
-                bad.append(i)
-                rejected.add(
-                    int(b.src_index[i]),
-                    "bad_embedding",
-                    f"dimension {len(raw) // 4} != {es.dim} of eval set for {es.embedding_model}",
-                    tenant_id=b.tenant_id[i],
-                    event_id=b.event_id[i],
-                )
-        if not bad:
+        has = b.embedding_nbytes > 0
+        bad = np.zeros(b.n, dtype=bool)
+        for model, es in self.config.eval_sets.items():
+            bad |= has & (b.embedding_nbytes != 4 * es.dim) & (b.embedding_model == model)
+        if not bad.any():
             return b
-        keep = np.ones(b.n, dtype=bool)
-        keep[bad] = False
-        return b.take(np.flatnonzero(keep))
+        for i in np.flatnonzero(bad):
+            es = self.config.eval_sets[b.embedding_model[i]]
+            rejected.add(
+                int(b.src_index[i]),
+                "bad_embedding",
+                f"dimension {b.embedding_nbytes[i] // 4} != {es.dim} of eval set for "
+                f"{es.embedding_model}",
+                tenant_id=b.tenant_id[i],
+                event_id=b.event_id[i],
+            )
+        return b.take(np.flatnonzero(~bad))
 
     def _drift(
         self, b: CallBatch
@@ -304,45 +302,47 @@ class Engine:
         centroid = np.full(n, np.nan, dtype=np.float32)
         nn = np.full(n, np.nan, dtype=np.float32)
         version = np.full(n, "", dtype=object)
-        cand: dict[str, list[Any]] = {k: [] for k in _CANDIDATE_COLUMNS}
-        if self.scorers:
-            rows_by_model: dict[str, list[int]] = {}
-            for i, raw in enumerate(b.embedding):
-                if raw is not None and b.embedding_model[i] in self.scorers:
-                    rows_by_model.setdefault(b.embedding_model[i], []).append(i)
-            for model, rows in rows_by_model.items():
-                scorer = self.scorers[model]
-                es = self.config.eval_sets[model]
-                mat = np.frombuffer(b"".join([b.embedding[i] for i in rows]), dtype="<f4")  # type: ignore[misc]
-                mat = mat.reshape(len(rows), es.dim)
-                s = scorer.score(mat)
-                idx = np.asarray(rows, dtype=np.int64)
-                scored[idx], uncovered[idx] = s.scored, s.uncovered
-                centroid[idx], nn[idx] = s.centroid_sim, s.nn_sim
-                version[idx] = es.version
-                pick = np.flatnonzero(s.uncovered)
-                if pick.size and self.config.candidate_share > 0:
-                    # deterministic sample: the same events are picked after a replay
-                    h = stable_hashes(b.tenant_id[idx[pick]], b.event_id[idx[pick]])
-                    pick = pick[(h % np.uint64(10_000)) < int(self.config.candidate_share * 10_000)]
-                for j in pick:
-                    i = int(idx[j])
-                    cand["event_id"].append(b.event_id[i])
-                    cand["ts"].append(int(b.ts_ms[i]))
-                    cand["tenant_id"].append(b.tenant_id[i])
-                    cand["app"].append(b.app[i])
-                    cand["embedding_model"].append(model)
-                    cand["eval_set_version"].append(es.version)
-                    cand["nn_sim"].append(float(s.nn_sim[j]))
-                    cand["centroid_sim"].append(float(s.centroid_sim[j]))
-                    cand["nearest_eval_id"].append(
-                        es.ids[s.nn_index[j]] if s.nn_index[j] >= 0 else ""
-                    )
-                    cand["embedding"].append(mat[j].tolist())
-        dtypes = {"ts": np.int64, "nn_sim": np.float32, "centroid_sim": np.float32}
+        parts: list[dict[str, Any]] = []
+        has = b.embedding_nbytes > 0
+        for model, scorer in self.scorers.items() if has.any() else ():
+            rows = np.flatnonzero(has & (b.embedding_model == model))
+            if not rows.size:
+                continue
+            es = self.config.eval_sets[model]
+            mat = np.frombuffer(b"".join([b.embedding[i] for i in rows]), dtype="<f4")  # type: ignore[misc]
+            mat = mat.reshape(len(rows), es.dim)
+            s = scorer.score(mat)
+            scored[rows], uncovered[rows] = s.scored, s.uncovered
+            centroid[rows], nn[rows] = s.centroid_sim, s.nn_sim
+            version[rows] = es.version
+            pick = np.flatnonzero(s.uncovered)
+            if pick.size and self.config.candidate_share > 0:
+                # deterministic sample: the same events are picked after a replay
+                h = stable_hashes(b.tenant_id[rows[pick]], b.event_id[rows[pick]])
+                pick = pick[(h % np.uint64(10_000)) < int(self.config.candidate_share * 10_000)]
+            if pick.size:
+                sel = rows[pick]
+                ids = np.asarray(es.ids, dtype=object)
+                parts.append({
+                    "event_id": b.event_id[sel],
+                    "ts": b.ts_ms[sel],
+                    "tenant_id": b.tenant_id[sel],
+                    "app": b.app[sel],
+                    "embedding_model": np.full(sel.size, model, dtype=object),
+                    "eval_set_version": np.full(sel.size, es.version, dtype=object),
+                    "nn_sim": s.nn_sim[pick].astype(np.float32),
+                    "centroid_sim": s.centroid_sim[pick].astype(np.float32),
+                    "nearest_eval_id": ids[np.maximum(s.nn_index[pick], 0)],
+                    "embedding": [row.tolist() for row in mat[pick]],
+                })
+        empty = {"ts": np.int64, "nn_sim": np.float32, "centroid_sim": np.float32}
         columns: dict[str, Any] = {
-            k: (v if k == "embedding" else np.array(v, dtype=dtypes.get(k, object)))
-            for k, v in cand.items()
+            k: (
+                [x for p in parts for x in p[k]] if k == "embedding"
+                else np.concatenate([p[k] for p in parts]) if parts
+                else np.zeros(0, dtype=empty.get(k, object))
+            )
+            for k in _CANDIDATE_COLUMNS
         }
         return scored, uncovered, centroid, nn, version, columns
 
