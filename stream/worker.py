@@ -24,8 +24,8 @@ Exactly-once, by construction:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import base64
+import contextlib
 import logging
 import time
 from bisect import bisect_left
@@ -49,6 +49,7 @@ from .outputs import (
     dlq_records,
     output_topics,
 )
+from .producer import kafka_security_kwargs
 from .settings import Settings
 from .sink_clickhouse import ClickHouseSink
 from .timeutil import now_ms
@@ -84,23 +85,10 @@ def _offset(record: Any) -> int:
 
 def kafka_kwargs(settings: Settings) -> dict[str, Any]:
     """aiokafka connection options (bootstrap, TLS, SASL) from settings; secrets stay inside."""
-    kw: dict[str, Any] = {
+    return {
         "bootstrap_servers": settings.kafka_bootstrap_servers,
-        "security_protocol": settings.kafka_security_protocol,
+        **kafka_security_kwargs(settings),
     }
-    if settings.kafka_sasl_mechanism:
-        kw["sasl_mechanism"] = settings.kafka_sasl_mechanism
-        kw["sasl_plain_username"] = settings.kafka_sasl_username
-        kw["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
-    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
-        from aiokafka.helpers import create_ssl_context  # noqa: PLC0415
-
-        kw["ssl_context"] = create_ssl_context(
-            cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None,
-            certfile=str(settings.kafka_ssl_certfile) if settings.kafka_ssl_certfile else None,
-            keyfile=str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None,
-        )
-    return kw
 
 
 async def ensure_topics(settings: Settings) -> None:
