@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import orjson
-
 from llmops_stream.stream.budgets import BudgetConfig
 from llmops_stream.stream.evalset import EvalSet
 from llmops_stream.stream.pricing import ModelPrice, PriceTable

@@ -40,7 +40,7 @@ USAGE_COUNTERS = (
 
 
 @njit
-def _group_sum(group: np.ndarray, values: np.ndarray, n_groups: int) -> np.ndarray:  # pragma: no cover
+def _group_sum(group: np.ndarray, values: np.ndarray, n_groups: int) -> np.ndarray:
     out = np.zeros((values.shape[0], n_groups), dtype=np.int64)
     for j in range(values.shape[1]):
         g = group[j]
@@ -76,8 +76,14 @@ def factorize_rows(columns: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def usage_rows(
-    minute_ms: np.ndarray, keys: dict[str, np.ndarray], counters: dict[str, np.ndarray],
-    cost_usd: np.ndarray, latency_ms: np.ndarray, lag_ms: np.ndarray, lag_event: np.ndarray,
+    minute_ms: np.ndarray,
+    *,
+    keys: dict[str, np.ndarray],
+    counters: dict[str, np.ndarray],
+    cost_usd: np.ndarray,
+    latency_ms: np.ndarray,
+    lag_ms: np.ndarray,
+    lag_event: np.ndarray,
 ) -> dict[str, Any]:
     """Aggregate one batch into ``llm_usage_1m`` columns.
 

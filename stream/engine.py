@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from .aggregate import usage_rows
+from .aggregate import USAGE_KEYS, usage_rows
 from .alerts import Alert
 from .budgets import BudgetConfig, BudgetState, BudgetTracker
 from .decode import (
@@ -197,8 +197,8 @@ class Engine:
         status = b.status
         usage = usage_rows(
             b.ts_ms - b.ts_ms % MS_PER_MINUTE,
-            {k: calls[k] for k in ("tenant_id", "app", "model", "prompt_version", "index_version")},
-            {
+            keys={k: calls[k] for k in USAGE_KEYS},
+            counters={
                 "calls": np.ones(b.n, dtype=np.int64),
                 "errors": status == STATUS_ERROR,
                 "rate_limited": status == STATUS_RATE_LIMITED,
@@ -219,10 +219,10 @@ class Engine:
                 "stale_chunks": st.n_stale,
                 "outdated_chunks": st.n_outdated,
             },
-            cost,
-            b.latency_ms,
-            st.lag_ms,
-            st.lag_event,
+            cost_usd=cost,
+            latency_ms=b.latency_ms,
+            lag_ms=st.lag_ms,
+            lag_event=st.lag_event,
         )
         return BatchOutput(
             calls=calls,

@@ -122,7 +122,7 @@ def replay(
     return result
 
 
-def feed(
+def feed(  # noqa: PLR0917 - a source's name, number and batches, then where they go
     name: str,
     file_no: int,
     batches: Iterable[tuple[list[bytes], int]],

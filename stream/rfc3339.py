@@ -55,7 +55,7 @@ def _parse_one(buf: np.ndarray, a: int, b: int) -> int:  # pragma: no cover - ji
     if buf[a + 4] != 45 or buf[a + 7] != 45:  # '-'
         return INVALID
     sep = buf[a + 10]
-    if sep != 84 and sep != 116 and sep != 32:  # 'T' 't' ' '
+    if sep != 84 and sep != 116 and sep != 32:  # noqa: PLR1714 - numba: no set literals
         return INVALID
     if buf[a + 13] != 58 or buf[a + 16] != 58:  # ':'
         return INVALID
@@ -73,7 +73,7 @@ def _parse_one(buf: np.ndarray, a: int, b: int) -> int:  # pragma: no cover - ji
     mdays = 31
     if month == 2:
         mdays = 29 if leap else 28
-    elif month == 4 or month == 6 or month == 9 or month == 11:
+    elif month == 4 or month == 6 or month == 9 or month == 11:  # noqa: PLR1714
         mdays = 30
     if day > mdays:
         return INVALID
@@ -95,9 +95,9 @@ def _parse_one(buf: np.ndarray, a: int, b: int) -> int:  # pragma: no cover - ji
         return INVALID  # the offset is required
     offset_min = 0
     c = buf[p]
-    if c == 90 or c == 122:  # 'Z' 'z'
+    if c == 90 or c == 122:  # noqa: PLR1714 - 'Z' 'z'
         p += 1
-    elif c == 43 or c == 45:  # '+' '-'
+    elif c == 43 or c == 45:  # noqa: PLR1714 - '+' '-'
         if b - p != 6 or buf[p + 3] != 58:
             return INVALID
         oh = _digits(buf, p + 1, 2)

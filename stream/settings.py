@@ -42,8 +42,12 @@ class Settings(BaseSettings):
     candidate_share: float = Field(0.05, ge=0, le=1)
     dedup_horizon_hours: float = Field(24.0, gt=0)
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
-    kafka_security_protocol: str = Field("PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL")
-    kafka_sasl_mechanism: str | None = Field(None, description="PLAIN, SCRAM-SHA-256, SCRAM-SHA-512")
+    kafka_security_protocol: str = Field(
+        "PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"
+    )
+    kafka_sasl_mechanism: str | None = Field(
+        None, description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"
+    )
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr = SecretStr("")
     kafka_ssl_cafile: Path | None = None
@@ -55,7 +59,7 @@ class Settings(BaseSettings):
     group: str = "llmops-stream"
     topic: str = "llm.calls"
     output_topic_prefix: str = Field(
-        "", description="prefix for every output topic (e.g. 'staging.' → staging.llm.alerts.budget)"
+        "", description="prefix of every output topic ('staging.' → staging.llm.alerts.budget)"
     )
     partitions: int = Field(6, ge=1, description="partitions of topics the worker creates")
     flush_interval_ms: int = Field(500, ge=10, description="max time between ClickHouse flushes")

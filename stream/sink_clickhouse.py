@@ -22,7 +22,6 @@ from urllib.parse import urlparse
 import msgspec
 import numpy as np
 import pyarrow as pa
-
 from llmops_stream.schemas import read_text
 
 from .alerts import Alert

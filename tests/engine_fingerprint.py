@@ -11,7 +11,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
 from llmops_stream.stream.budgets import BudgetConfig
 from llmops_stream.stream.engine import Engine, EngineConfig
 from llmops_stream.stream.evalset import load_eval_sets

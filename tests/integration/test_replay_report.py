@@ -11,9 +11,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
 import pytest
 from expected import expected_totals
-
 from llmops_stream.stream.synth import (
     SynthConfig,
     generate_bad_events,

@@ -23,7 +23,6 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from expected import expected_totals
-
 from llmops_stream.stream.budgets import BudgetConfig
 from llmops_stream.stream.engine import Engine, EngineConfig
 from llmops_stream.stream.kafka_broker import KafkaBroker
@@ -125,7 +124,9 @@ async def produce(bootstrap: str, topic: str, events: list[bytes]) -> None:
         await producer.stop()
 
 
-async def read_all(bootstrap: str, topic: str, partitions: int = PARTITIONS) -> dict[int, list[Any]]:
+async def read_all(
+    bootstrap: str, topic: str, partitions: int = PARTITIONS
+) -> dict[int, list[Any]]:
     """Every committed record of ``topic`` (the worker creates all with ``partitions``)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed",
                                 enable_auto_commit=False)

@@ -3,7 +3,6 @@
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from llmops_stream.stream.aggregate import (
     USAGE_COUNTERS,
     USAGE_KEYS,
@@ -52,8 +51,9 @@ def test_usage_rows_reference(rows: list[tuple[int, str, str, int, float]]) -> N
     counters["calls"] = np.ones(n, dtype=np.int64)
     counters["input_tokens"] = np.array([r[3] for r in rows], dtype=np.int64)
     cost = np.array([r[4] for r in rows])
-    out = usage_rows(minute, keys, counters, cost, np.full(n, 5.0), np.zeros(0, np.int64),
-                     np.zeros(0, np.int64))
+    out = usage_rows(minute, keys=keys, counters=counters, cost_usd=cost,
+                     latency_ms=np.full(n, 5.0), lag_ms=np.zeros(0, np.int64),
+                     lag_event=np.zeros(0, np.int64))
     ref: dict[tuple[int, str, str], list[float]] = {}
     for m, t, a, tok, c in rows:
         acc = ref.setdefault((m * 60, t, a), [0, 0, 0.0])

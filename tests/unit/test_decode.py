@@ -10,7 +10,6 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from llmops_stream.schemas import read_text
 from llmops_stream.stream.decode import MAX_MESSAGE_BYTES, REJECT_REASONS, decode_batch
 
@@ -80,7 +79,8 @@ def test_columns_exact() -> None:
 def test_json_array_embedding_equals_base64() -> None:
     v = [0.5, -1.25, 3.0]
     a, _ = decode_batch([enc(event(embedding=v))])
-    b, _ = decode_batch([enc(event(embedding=base64.b64encode(np.array(v, "<f4").tobytes()).decode()))])
+    b64 = base64.b64encode(np.array(v, "<f4").tobytes()).decode()
+    b, _ = decode_batch([enc(event(embedding=b64))])
     assert a.embedding[0] == b.embedding[0]
 
 

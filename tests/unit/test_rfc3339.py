@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from llmops_stream.stream.rfc3339 import INVALID, MISSING, _parse_many, parse_rfc3339_ms, times_ms
 
 
@@ -19,7 +18,7 @@ def reference_ms(text: str) -> int:
 
 @settings(max_examples=300, deadline=None)
 @given(
-    st.datetimes(min_value=datetime(1000, 1, 2), max_value=datetime(9999, 12, 30)),
+    st.datetimes(min_value=datetime(1000, 1, 2), max_value=datetime(9999, 12, 30)),  # noqa: DTZ001 - naive on purpose: the offset is drawn separately
     st.integers(-23 * 60 - 59, 23 * 60 + 59),
     st.sampled_from(["", ".1", ".12", ".123", ".123456", ".123456789"]),
     st.sampled_from(["T", " ", "t"]),
