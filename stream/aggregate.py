@@ -57,7 +57,7 @@ def group_sum(group: np.ndarray, values: np.ndarray, n_groups: int) -> np.ndarra
         raise ValueError(f"values must be int64[k, {group.shape[0]}], got {values.shape}")
     if group.size and (group.min() < 0 or group.max() >= n_groups):
         raise ValueError("group ids must lie in [0, n_groups)")
-    return _group_sum(group, values, n_groups)  # type: ignore[no-any-return]
+    return _group_sum(group, values, n_groups)
 
 
 def factorize_rows(columns: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

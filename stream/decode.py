@@ -217,7 +217,7 @@ class CallBatch:
         np.cumsum(counts, out=new_off[1:])
         # chunk j of kept row r sits at off[r] + (j - new_off[r's position])
         chunk_rows = np.repeat(off[rows] - new_off[:-1], counts) + np.arange(new_off[-1])
-        values = {}
+        values: dict[str, Any] = {}
         for name, value in self.__dict__.items():
             if name in ("n", "chunk_offsets", "chunk_embedded_at_ms", "chunk_source_updated_at_ms"):
                 continue
@@ -430,14 +430,14 @@ def decode_batch(messages: list[bytes]) -> tuple[CallBatch, Rejected]:
         chunk_source_updated_at_ms=src_at,
     )
     if bad.any():
-        for i in np.flatnonzero(bad):
-            reason = _CHECKS[bad[i] - 1]
+        for row in np.flatnonzero(bad).tolist():
+            reason = _CHECKS[int(bad[row]) - 1]
             rejected.add(
-                int(src[i]),
+                int(src[row]),
                 reason,
-                _detail(reason, batch, int(i)),
-                tenant_id=batch.tenant_id[i],
-                event_id=batch.event_id[i],
+                _detail(reason, batch, row),
+                tenant_id=batch.tenant_id[row],
+                event_id=batch.event_id[row],
             )
         batch = batch.take(np.flatnonzero(bad == 0))
     return batch, rejected

@@ -46,7 +46,7 @@ def stable_hashes(tenant_ids: np.ndarray, event_ids: np.ndarray) -> np.ndarray:
         raise ValueError("tenant_ids and event_ids differ in length")
     buf_a, off_a = utf8_buffer(list(tenant_ids))
     buf_b, off_b = utf8_buffer(list(event_ids))
-    return _fnv1a_pairs(buf_a, off_a, buf_b, off_b)  # type: ignore[no-any-return]
+    return _fnv1a_pairs(buf_a, off_a, buf_b, off_b)
 
 
 @njit
@@ -103,7 +103,7 @@ class Deduper:
             self._rebuild(self._size + n)
         dup, added = _insert(self._keys, self._hours, stable_hashes(tenant_ids, event_ids), hours)
         self._size += int(added)
-        return dup  # type: ignore[no-any-return]
+        return dup
 
     def _rebuild(self, needed: int) -> None:
         """Drop ids older than the horizon and resize so that load stays <= 50 %."""

@@ -12,6 +12,7 @@ else (no offset, bad field ranges, trailing bytes) gives :data:`INVALID`.
 from __future__ import annotations
 
 from itertools import repeat
+from operator import is_not
 
 import numpy as np
 
@@ -26,9 +27,9 @@ INVALID = MISSING + 1
 
 @njit
 def _digits(buf: np.ndarray, start: int, count: int) -> int:  # pragma: no cover - jit
-    value = 0
+    value: int = 0
     for k in range(start, start + count):
-        d = np.int64(buf[k]) - 48
+        d = int(buf[k]) - 48
         if d < 0 or d > 9:
             return -1
         value = value * 10 + d
@@ -84,7 +85,7 @@ def _parse_one(buf: np.ndarray, a: int, b: int) -> int:  # pragma: no cover - ji
         nd = 0
         while p < b and 48 <= buf[p] <= 57:
             if nd < 3:
-                millis = millis * 10 + (np.int64(buf[p]) - 48)
+                millis = millis * 10 + (int(buf[p]) - 48)
             nd += 1
             p += 1
         if nd == 0 or nd > 9:
@@ -130,7 +131,7 @@ def parse_rfc3339_ms(texts: list[str]) -> np.ndarray:
     if not texts:
         return np.zeros(0, dtype=np.int64)
     buf, offsets = utf8_buffer(texts)
-    return _parse_many(buf, offsets)  # type: ignore[no-any-return]
+    return _parse_many(buf, offsets)
 
 
 def times_ms(values: list[int | str | None]) -> np.ndarray:
@@ -143,7 +144,7 @@ def times_ms(values: list[int | str | None]) -> np.ndarray:
     arr = np.empty(n, dtype=object)
     arr[:] = values
     is_str = np.fromiter(map(isinstance, values, repeat(str)), dtype=bool, count=n)
-    is_int = ~is_str & ~np.equal(arr, None)
+    is_int = ~is_str & np.fromiter(map(is_not, values, repeat(None)), dtype=bool, count=n)
     out = np.full(n, MISSING, dtype=np.int64)
     if is_str.any():
         out[is_str] = parse_rfc3339_ms(arr[is_str].tolist())

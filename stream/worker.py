@@ -31,6 +31,7 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -193,8 +194,8 @@ class Worker:
             await self.flush()
             await self.checkpoint(force=True)
         finally:
-            await self.consumer.stop()
-            await self.producer.stop()
+            await self._consumer.stop()
+            await self._producer.stop()
 
     # ------------------------------------------------------------------ rebalance
     async def on_revoked(self, revoked: list[TopicPartition]) -> None:
@@ -310,8 +311,7 @@ class Worker:
         for run in ready:
             end = run.next_offset
             seg = f"{self.s.group}:{run.tp.topic}:{run.tp.partition}:{run.seg_start}"
-            await self._retry("ClickHouse", lambda run=run, end=end, seg=seg:
-                              self._write_segment(run, end, seg))
+            await self._retry("ClickHouse", partial(self._write_segment, run, end, seg))
         await self._retry("Kafka", lambda: self._commit(ready), clickhouse=False)
         for run in ready:
             run.committed = run.seg_start = run.next_offset
@@ -398,23 +398,28 @@ class Worker:
                 continue
             if run.checkpointed == run.committed or run.next_offset != run.committed:
                 continue
-            state = run.engine.snapshot()
             offset = run.committed
-            await self._retry("ClickHouse", lambda tp=tp, state=state, offset=offset:
-                              self.client.insert_arrow(
-                f"{self.db}.llm_engine_state",
-                pa.table({
-                    "group_id": [self.s.group], "topic": [tp.topic],
-                    "partition": pa.array([tp.partition], pa.int32()),
-                    "offset": pa.array([offset], pa.int64()),
-                    "state": [base64.b64encode(state).decode()],
-                    "created_at": pa.array([now_ms()], pa.int64()).cast(
-                        pa.timestamp("ms", "UTC")),
-                }),
-                settings={"insert_deduplication_token":
-                          f"state:{self.s.group}:{tp.topic}:{tp.partition}:{offset}"},
-            ))
+            await self._retry(
+                "ClickHouse", partial(self._write_state, tp, offset, run.engine.snapshot())
+            )
             run.checkpointed = offset
+
+    def _write_state(self, tp: TopicPartition, offset: int, state: bytes) -> None:
+        self.client.insert_arrow(
+            f"{self.db}.llm_engine_state",
+            pa.table({
+                "group_id": [self.s.group],
+                "topic": [tp.topic],
+                "partition": pa.array([tp.partition], pa.int32()),
+                "offset": pa.array([offset], pa.int64()),
+                "state": [base64.b64encode(state).decode()],
+                "created_at": pa.array([now_ms()], pa.int64()).cast(pa.timestamp("ms", "UTC")),
+            }),
+            settings={
+                "insert_deduplication_token":
+                    f"state:{self.s.group}:{tp.topic}:{tp.partition}:{offset}"
+            },
+        )
 
     async def _update_lag(self) -> None:
         for tp in self.runs:

@@ -1,0 +1,385 @@
+"""docker-compose.yml, the Dockerfile, Grafana provisioning and kafka/pom.xml are right.
+
+No Docker engine exists where the tests run, so the files are checked for what can be
+checked without one: they parse; the services, ports, dependencies and environment fit
+together; the worker and load-generator commands parse with the real CLI and every
+``LLMOPS_*`` variable is a real setting; the Grafana datasource points at the ClickHouse
+service; every dashboard query reads existing tables and columns and runs on the embedded
+ClickHouse (chDB) against the real schema.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import textwrap
+import tomllib
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from llmops_stream.stream.budgets import load_budgets
+from llmops_stream.stream.cli import build_parser
+from llmops_stream.stream.kafka_broker import KAFKA_VERSION, POM_TEMPLATE, LOG4J_VERSION
+from llmops_stream.stream.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+GRAFANA = ROOT / "deploy" / "grafana"
+DASHBOARD = GRAFANA / "dashboards" / "llmops-stream.json"
+
+# SPEC §4: the input topic and every output topic.
+TOPICS = {
+    "llm.calls",
+    "llm.calls.dlq",
+    "llm.alerts.budget",
+    "llm.alerts.drift",
+    "llm.alerts.freshness",
+    "llm.budget.state",
+    "llm.eval.candidates",
+}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, Any]:
+    svc = compose["services"]
+    assert isinstance(svc, dict)
+    return svc
+
+
+@pytest.fixture(scope="module")
+def dashboard() -> dict[str, Any]:
+    data = json.loads(DASHBOARD.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def env_of(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment", {})
+    if isinstance(env, list):  # the "KEY=value" list form
+        env = dict(item.split("=", 1) for item in env)
+    return {k: str(v) for k, v in env.items()}
+
+
+def schema_tables() -> dict[str, set[str]]:
+    """Table → column names, from the DDL the worker applies."""
+    ddl = (ROOT / "schemas" / "clickhouse.sql").read_text()
+    tables: dict[str, set[str]] = {}
+    for match in re.finditer(r"CREATE TABLE IF NOT EXISTS \{db\}\.(\w+)\s*\((.*?)\n\)", ddl, re.S):
+        cols = {
+            line.split()[0]
+            for line in match.group(2).splitlines()
+            if line.strip() and not line.strip().startswith("--")
+        }
+        tables[match.group(1)] = cols
+    assert "llm_usage_1m" in tables and "minute" in tables["llm_usage_1m"]
+    return tables
+
+
+# -- docker-compose.yml -------------------------------------------------------------------------
+
+
+def test_compose_has_the_stack(services: dict[str, Any]) -> None:
+    assert {"kafka", "kafka-init", "clickhouse", "grafana", "worker", "loadgen"} <= set(services)
+    assert services["kafka"]["image"] == f"apache/kafka:{KAFKA_VERSION}"
+    assert services["clickhouse"]["image"].startswith("clickhouse/clickhouse-server:")
+    assert services["grafana"]["image"].startswith("grafana/grafana:")
+
+
+def test_kafka_is_single_node_kraft(services: dict[str, Any]) -> None:
+    env = env_of(services["kafka"])
+    assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    node = env["KAFKA_NODE_ID"]
+    assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == f"{node}@kafka:9093"
+    assert "PLAINTEXT://kafka:9092" in env["KAFKA_ADVERTISED_LISTENERS"].split(",")
+    assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    for key in (
+        "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
+        "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
+        "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR",
+    ):
+        assert env[key] == "1", key
+    # Each listener name has a protocol and every listener is either advertised or the
+    # controller's.
+    protocols = dict(p.split(":") for p in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    names = {listener.split("://")[0] for listener in env["KAFKA_LISTENERS"].split(",")}
+    assert names <= set(protocols)
+    advertised = {a.split("://")[0] for a in env["KAFKA_ADVERTISED_LISTENERS"].split(",")}
+    assert names == advertised | {env["KAFKA_CONTROLLER_LISTENER_NAMES"]}
+    # kafka-storage only takes a 16-byte id in URL-safe base64 (22 characters).
+    assert re.fullmatch(r"[A-Za-z0-9_-]{22}", env["CLUSTER_ID"])
+
+
+def test_topics_of_the_contract_are_created(services: dict[str, Any]) -> None:
+    init = services["kafka-init"]
+    script = "\n".join(init["command"]) if isinstance(init["command"], list) else init["command"]
+    created = set(re.findall(r"\bllm\.[a-z.]+[a-z]", script))
+    assert created == TOPICS
+    compact_line = next(line for line in script.splitlines() if "cleanup.policy=compact" in line)
+    prev = script.splitlines()[script.splitlines().index(compact_line) - 1]
+    assert "llm.budget.state" in prev + compact_line
+    assert init["depends_on"]["kafka"]["condition"] == "service_healthy"
+
+
+def test_ports_only_on_loopback(services: dict[str, Any]) -> None:
+    published = [p for svc in services.values() for p in svc.get("ports", [])]
+    assert published
+    for port in published:
+        assert str(port).startswith("127.0.0.1:"), port
+
+
+def test_dependencies_exist_and_wait_for_readiness(services: dict[str, Any]) -> None:
+    for name, svc in services.items():
+        deps = svc.get("depends_on", {})
+        for dep, cond in (deps.items() if isinstance(deps, dict) else []):
+            assert dep in services, (name, dep)
+            if cond["condition"] == "service_healthy":
+                assert "healthcheck" in services[dep], dep
+    worker = services["worker"]["depends_on"]
+    assert worker["kafka-init"]["condition"] == "service_completed_successfully"
+    assert worker["clickhouse"]["condition"] == "service_healthy"
+    assert services["loadgen"]["depends_on"]["kafka-init"]["condition"] == (
+        "service_completed_successfully"
+    )
+
+
+def test_worker_command_and_environment(services: dict[str, Any]) -> None:
+    worker = services["worker"]
+    assert worker["build"]["context"] == "."
+    assert (ROOT / worker["build"].get("dockerfile", "Dockerfile")).is_file()
+    cmd = worker["command"]
+    assert cmd == [
+        "run", "--bootstrap-servers", "kafka:9092", "--clickhouse", "http://clickhouse:8123",
+    ]  # fmt: skip
+    args = build_parser().parse_args(cmd)  # the real CLI accepts it
+    assert args.command == "run"
+    assert args.kafka_bootstrap_servers == "kafka:9092"
+    assert args.clickhouse == "http://clickhouse:8123"
+    env = env_of(worker)
+    fields = set(Settings.model_fields)
+    for key in env:
+        assert key.startswith("LLMOPS_"), key
+        assert key.removeprefix("LLMOPS_").lower() in fields, f"{key} is not a setting"
+    # The worker logs into ClickHouse with the credentials the server was set up with.
+    ch = env_of(services["clickhouse"])
+    assert env["LLMOPS_CLICKHOUSE_USER"] == ch["CLICKHOUSE_USER"]
+    assert env["LLMOPS_CLICKHOUSE_PASSWORD"] == ch["CLICKHOUSE_PASSWORD"]
+    assert env["LLMOPS_CLICKHOUSE_DATABASE"] == ch["CLICKHOUSE_DB"]
+    assert "PASSWORD" not in " ".join(cmd).upper()  # secrets via env, not on the command line
+    # Files mounted into the worker exist, and the budget file is a valid one.
+    budgets = None
+    for volume in worker.get("volumes", []):
+        src, target = volume.split(":")[:2]
+        assert (ROOT / src).exists(), src
+        if target == env.get("LLMOPS_BUDGETS"):
+            budgets = load_budgets(ROOT / src)
+    assert budgets is not None and budgets.default
+
+
+def test_loadgen_command(services: dict[str, Any]) -> None:
+    loadgen = services["loadgen"]
+    assert loadgen["image"] == services["worker"]["image"]
+    args = build_parser().parse_args(loadgen["command"])
+    assert args.command == "loadgen"
+    assert args.rate == 2000
+    assert args.kafka_bootstrap_servers == "kafka:9092"
+    for key in env_of(loadgen):
+        assert key.removeprefix("LLMOPS_").lower() in Settings.model_fields, key
+
+
+def test_named_volumes_declared_and_bind_mounts_exist(compose: dict[str, Any]) -> None:
+    declared = set(compose.get("volumes") or {})
+    for svc in compose["services"].values():
+        for volume in svc.get("volumes", []):
+            src = volume.split(":")[0]
+            if src.startswith((".", "/")):
+                assert (ROOT / src).exists(), src
+            else:
+                assert src in declared, src
+
+
+def test_dockerfile_installs_the_package() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim\b", text, re.M)
+    assert re.search(r"^RUN pip install \.", text, re.M)
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    # Every source folder of the package (and the files pip needs) is copied in.
+    copied = {
+        part.rstrip("/")
+        for line in re.findall(r"^COPY (.+)$", text, re.M)
+        for part in line.split()[:-1]
+    }
+    needed = set(pyproject["tool"]["setuptools"]["package-dir"].values())
+    needed |= {"pyproject.toml", pyproject["project"]["readme"]}
+    assert needed <= copied, needed - copied
+    script = next(iter(pyproject["project"]["scripts"]))
+    assert f'ENTRYPOINT ["{script}"]' in text
+    assert re.search(r"^USER (?!root)\w+", text, re.M)
+
+
+# -- Grafana --------------------------------------------------------------------------------------
+
+
+def test_datasource_points_at_the_clickhouse_service(services: dict[str, Any]) -> None:
+    prov = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "clickhouse.yaml").read_text())
+    (ds,) = prov["datasources"]
+    assert ds["type"] == "grafana-clickhouse-datasource"
+    jd = ds["jsonData"]
+    assert jd["host"] == "clickhouse" and "clickhouse" in services
+    assert (jd["protocol"], jd["port"]) == ("http", 8123)  # ClickHouse's HTTP interface
+    assert jd["defaultDatabase"] == env_of(services["clickhouse"])["CLICKHOUSE_DB"]
+    # Credentials are references to the Grafana container's env, which compose fills in
+    # with the same values the ClickHouse server got.
+    grafana_env = env_of(services["grafana"])
+    ch_env = env_of(services["clickhouse"])
+    user_var = re.fullmatch(r"\$\{(\w+)\}", jd["username"])
+    pass_var = re.fullmatch(r"\$\{(\w+)\}", ds["secureJsonData"]["password"])
+    assert user_var and pass_var
+    assert grafana_env[user_var.group(1)] == ch_env["CLICKHOUSE_USER"]
+    assert grafana_env[pass_var.group(1)] == ch_env["CLICKHOUSE_PASSWORD"]
+    assert "grafana-clickhouse-datasource" in grafana_env["GF_PLUGINS_PREINSTALL_SYNC"]
+
+
+def test_dashboard_provider_reads_the_mounted_dashboards(services: dict[str, Any]) -> None:
+    prov = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "llmops-stream.yaml").read_text())
+    (provider,) = prov["providers"]
+    mounts = dict(v.split(":")[:2] for v in services["grafana"]["volumes"])
+    assert mounts["./deploy/grafana/dashboards"] == provider["options"]["path"]
+    assert mounts["./deploy/grafana/provisioning"] == "/etc/grafana/provisioning"
+    home = env_of(services["grafana"])["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home == f"{provider['options']['path']}/{DASHBOARD.name}"
+
+
+def dashboard_queries(dashboard: dict[str, Any]) -> list[str]:
+    queries = [t["rawSql"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    queries += [v["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
+    return queries
+
+
+def expand_macros(sql: str, tenants: str = "'acme'") -> str:
+    """Grafana ClickHouse-plugin macros and variables → plain ClickHouse SQL."""
+    sql = re.sub(r"\$__conditionalAll\((.*?),\s*\$tenant\)", r"(\1)", sql)
+    sql = sql.replace("${tenant:singlequote}", tenants)
+    sql = re.sub(
+        r"\$__timeFilter\((\w+)\)",
+        r"(\1 >= toDateTime('2000-01-01 00:00:00', 'UTC') AND \1 <= now())",
+        sql,
+    )
+    sql = re.sub(r"\$__timeInterval\((\w+)\)", r"toStartOfInterval(\1, INTERVAL 60 second)", sql)
+    sql = sql.replace("$__fromTime", "toDateTime('2000-01-01 00:00:00', 'UTC')")
+    sql = sql.replace("$__toTime", "now()")
+    assert "$" not in sql, sql
+    return sql
+
+
+def test_dashboard_panels_use_the_provisioned_datasource(dashboard: dict[str, Any]) -> None:
+    uid = yaml.safe_load(
+        (GRAFANA / "provisioning" / "datasources" / "clickhouse.yaml").read_text()
+    )["datasources"][0]["uid"]
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] == uid
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == uid
+            assert target["editorType"] == "sql"
+            # 0 = time series, 1 = table in the plugin's query model.
+            assert target["format"] == (0 if panel["type"] == "timeseries" else 1)
+
+
+def test_dashboard_queries_read_existing_tables_and_columns(dashboard: dict[str, Any]) -> None:
+    tables = schema_tables()
+    used_tables: set[str] = set()
+    for sql in dashboard_queries(dashboard):
+        plain = expand_macros(sql)
+        refs = re.findall(r"\bllmops\.(\w+)", plain)
+        assert refs, sql
+        assert set(refs) <= set(tables), set(refs) - set(tables)
+        used_tables |= set(refs)
+        columns = set().union(*(tables[t] for t in refs))
+        aliases = set(re.findall(r"\bAS\s+(\w+)", plain))
+        no_strings = re.sub(r"'[^']*'", "''", plain)
+        # snake_case names are columns (functions are camelCase); each must exist.
+        for name in re.findall(r"\b[a-z][a-z0-9]*(?:_[a-z0-9]+)+\b", no_strings):
+            assert name in columns | aliases | set(refs), f"{name!r} in {sql}"
+    assert {"llm_usage_1m", "llm_alerts", "llm_budget_state"} <= used_tables
+    text = "\n".join(dashboard_queries(dashboard))
+    # The panels the dashboard exists for.
+    assert re.search(r"tenant_id, sum\(cost_usd\)", text)  # cost per tenant per minute
+    assert "sum(uncovered) / nullIf(sum(scored), 0)" in text  # uncovered share
+    assert "sum(stale_calls) / nullIf(sum(retrieval_calls), 0)" in text  # stale share
+    for column in ("calls", "errors", "cache_hits", "scored"):
+        assert f"sum({column})" in text, column
+
+
+@pytest.mark.integration
+def test_dashboard_queries_run_on_the_real_schema(
+    dashboard: dict[str, Any], tmp_path: Path
+) -> None:
+    # chDB serves one process, so the queries run in a child process of their own.
+    queries = [expand_macros(q) for q in dashboard_queries(dashboard)]
+    cost_query = next(q for q in queries if "tenant_id, sum(cost_usd)" in q)
+    script = textwrap.dedent(
+        """
+        import json, sys
+        from llmops_stream.stream.sink_clickhouse import connect
+        path, queries, cost_query = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+        client = connect("chdb://" + path, "llmops")
+        client.command(
+            "INSERT INTO llmops.llm_usage_1m (minute, tenant_id, app, model, calls, cost_usd)"
+            " VALUES (now() - 60, 'acme', 'chat', 'gpt-4o-mini', 3, 1.5),"
+            " (now() - 60, 'globex', 'chat', 'gpt-4o-mini', 1, 0.25)"
+        )
+        for q in queries:
+            client.query(q)
+        print(json.dumps([list(r[1:]) for r in client.query(cost_query).result_rows]))
+        """
+    )
+    out = subprocess.run(  # noqa: S603 - our own interpreter and script
+        [sys.executable, "-c", script, str(tmp_path / "ch"), json.dumps(queries), cost_query],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    # The tenant filter (set to 'acme' by expand_macros) applies: globex is not shown.
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [["acme", 1.5]]
+
+
+# -- kafka/pom.xml -------------------------------------------------------------------------------
+
+
+def pom_dependencies(text: str) -> set[tuple[str, str, str]]:
+    ns = {"m": "http://maven.apache.org/POM/4.0.0"}
+    root = ET.fromstring(text)
+    props = {el.tag.split("}")[1]: (el.text or "") for el in root.find("m:properties", ns) or []}
+
+    def resolve(value: str) -> str:
+        return re.sub(r"\$\{([\w.]+)\}", lambda m: props[m.group(1)], value.strip())
+
+    return {
+        (
+            resolve(dep.findtext("m:groupId", "", ns)),
+            resolve(dep.findtext("m:artifactId", "", ns)),
+            resolve(dep.findtext("m:version", "", ns)),
+        )
+        for dep in root.iterfind("m:dependencies/m:dependency", ns)
+    }
+
+
+def test_repo_pom_and_builtin_template_fetch_the_same_jars() -> None:
+    repo = pom_dependencies((ROOT / "kafka" / "pom.xml").read_text())
+    builtin = pom_dependencies(
+        POM_TEMPLATE.format(kafka_version=KAFKA_VERSION, log4j_version=LOG4J_VERSION)
+    )
+    assert repo == builtin
+    assert ("org.apache.kafka", "kafka_2.13", KAFKA_VERSION) in repo
