@@ -283,8 +283,8 @@ def _new_cluster_id() -> str:
 
 def _read_properties(path: Path) -> dict[str, str]:
     props: dict[str, str] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
         if line and not line.startswith("#") and "=" in line:
             key, _, value = line.partition("=")
             props[key.strip()] = value.strip()
@@ -427,6 +427,10 @@ class KafkaBroker:
         return self._port
 
     @property
+    def controller_port(self) -> int | None:
+        return self._controller_port
+
+    @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
@@ -496,6 +500,9 @@ class KafkaBroker:
             shutil.rmtree(self._base_dir, ignore_errors=True)
             self._base_dir = None
             self._cluster_id = None
+            # Nothing is left to come back to: a later start() draws fresh ports.
+            self._port = self._requested_port
+            self._controller_port = None
 
     def kill(self) -> None:
         """kill -9 the broker (a crash); data and ports are kept for :meth:`restart`."""
@@ -671,7 +678,8 @@ class KafkaBroker:
         )
 
     def _wait_ready(self, deadline: float) -> str:
-        assert self._proc is not None and self._port is not None
+        if self._proc is None or self._port is None:
+            return "exited"
         log_path = self._base_dir / "broker.log" if self._base_dir else None
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
@@ -728,7 +736,8 @@ async def _create_topics(
     topic_configs: Mapping[str, Mapping[str, str]],
     timeout_s: float,
 ) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    # Imported here: `fetch`/`start`/`stop` on the command line need no Kafka client.
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: PLC0415
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="llmops-kafka-broker")
     await admin.start()
@@ -841,9 +850,15 @@ def _cmd_start(args: argparse.Namespace) -> int:
     broker = KafkaBroker(
         cache_dir=args.cache_dir, port=args.port, data_dir=data_dir, heap=args.heap
     )
-    broker.start(timeout_s=args.timeout)
+    try:
+        broker.start(timeout_s=args.timeout)
+    except BaseException:
+        if remove:
+            shutil.rmtree(data_dir, ignore_errors=True)
+        raise
     pid = broker.pid
-    assert pid is not None
+    if pid is None:
+        raise KafkaBrokerError("the broker exited right after starting")
     fingerprint = _process_fingerprint(pid)
     pid_file, info_file = _state_paths(state_dir)
     info_file.write_text(

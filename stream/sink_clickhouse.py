@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 import msgspec
 import numpy as np
 import pyarrow as pa
+
 from llmops_stream.schemas import read_text
 
 from .alerts import Alert

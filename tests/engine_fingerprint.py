@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+
 from llmops_stream.stream.budgets import BudgetConfig
 from llmops_stream.stream.engine import Engine, EngineConfig
 from llmops_stream.stream.evalset import load_eval_sets

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from llmops_stream.stream.pricing import PriceTable
 
 MAX_AGE_MS = 30 * 86_400_000

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
+
 from llmops_stream.stream.kafka_broker import KafkaBroker
 
 

@@ -20,6 +20,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
+from pydantic import SecretStr
+
 from llmops_stream.stream.decode import decode_batch
 from llmops_stream.stream.errors import ConfigError
 from llmops_stream.stream.kafka_broker import KafkaBroker
@@ -27,7 +29,6 @@ from llmops_stream.stream.loadgen import run_loadgen, tenant_key
 from llmops_stream.stream.normalize import call_event
 from llmops_stream.stream.producer import CallEventProducer, DeliveryError, kafka_security_kwargs
 from llmops_stream.stream.settings import Settings
-from pydantic import SecretStr
 
 pytestmark = pytest.mark.integration
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from expected import expected_totals
+
 from llmops_stream.stream.synth import (
     SynthConfig,
     generate_bad_events,

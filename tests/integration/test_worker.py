@@ -23,6 +23,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from expected import expected_totals
+
 from llmops_stream.stream.budgets import BudgetConfig
 from llmops_stream.stream.engine import Engine, EngineConfig
 from llmops_stream.stream.kafka_broker import KafkaBroker

@@ -3,6 +3,7 @@
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from llmops_stream.stream.aggregate import (
     USAGE_COUNTERS,
     USAGE_KEYS,

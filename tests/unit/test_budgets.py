@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from llmops_stream.stream import budgets as bm
 from llmops_stream.stream.alerts import Alert
 from llmops_stream.stream.budgets import (

@@ -10,6 +10,7 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from llmops_stream.schemas import read_text
 from llmops_stream.stream.decode import MAX_MESSAGE_BYTES, REJECT_REASONS, decode_batch
 

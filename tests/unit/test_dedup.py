@@ -3,6 +3,7 @@
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from llmops_stream.stream.dedup import Deduper, _fnv1a_pairs, stable_hashes
 
 H = 3_600_000

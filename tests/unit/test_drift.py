@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from llmops_stream.stream import drift
 from llmops_stream.stream.drift import DriftScorer, finite_rows
 from llmops_stream.stream.evalset import EvalSet
@@ -143,8 +144,9 @@ def test_tiled_path_matches_reference() -> None:
 
 @pytest.mark.usefixtures("small_tiles")
 def test_tiled_leave_one_out_matches_reference() -> None:
-    from llmops_stream.stream.evalset import calibrate_threshold
     from reference_drift import ref_threshold
+
+    from llmops_stream.stream.evalset import calibrate_threshold
 
     rng = np.random.default_rng(6)
     unit = unit_rows(rng.standard_normal((700, 8)).astype(np.float32))

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+
 from llmops_stream.stream.budgets import BudgetConfig
 from llmops_stream.stream.engine import Engine, EngineConfig
 from llmops_stream.stream.evalset import load_eval_sets

@@ -12,6 +12,7 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from llmops_stream.stream import evalset as ev
 from llmops_stream.stream.errors import ConfigError
 from llmops_stream.stream.evalset import (

@@ -8,6 +8,7 @@ import pydantic
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from llmops_stream.stream import freshness as fr
 from llmops_stream.stream.freshness import (
     DEFAULT_MAX_AGE_MS,

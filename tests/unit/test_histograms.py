@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from llmops_stream.stream import histograms as h
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

@@ -13,6 +13,7 @@ import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from llmops_stream.stream.decode import decode_batch
 from llmops_stream.stream.normalize import (
     call_event,

@@ -15,6 +15,7 @@ from genai_prices import Usage, calc_price
 from genai_prices import types as gp
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from llmops_stream.stream import pricing
 from llmops_stream.stream.errors import ConfigError
 from llmops_stream.stream.pricing import (

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from llmops_stream.stream.rfc3339 import INVALID, MISSING, _parse_many, parse_rfc3339_ms, times_ms
 
 

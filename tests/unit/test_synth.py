@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+
 from llmops_stream.stream.errors import ConfigError
 from llmops_stream.stream.pricing import PriceTable
 from llmops_stream.stream.synth import (

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from llmops_stream.stream.alerts import Alert
 from llmops_stream.stream.timeutil import ms_to_iso
 from llmops_stream.stream.windows import ShareWindows
