@@ -17,7 +17,7 @@ import numpy as np
 
 from .aggregate import USAGE_KEYS, usage_rows
 from .alerts import Alert
-from .budgets import BudgetConfig, BudgetState, BudgetTracker
+from .budgets import BudgetConfig, BudgetTracker
 from .decode import (
     STATUS_CACHE_HIT,
     STATUS_ERROR,
@@ -64,7 +64,7 @@ class BatchOutput:
     rejected: dict[str, Any]
     candidates: dict[str, Any]
     alerts: list[Alert]
-    budget_states: list[BudgetState]
+    budget_states: dict[str, np.ndarray]  # columns of BudgetState, touched (tenant, budget)
     stats: Counter[str]
 
 
@@ -230,7 +230,7 @@ class Engine:
             rejected=_rejected_columns(rejected, messages, part, offs, source),
             candidates=candidates,
             alerts=alerts,
-            budget_states=budget.states,
+            budget_states=budget.state_columns(),
             stats=stats,
         )
 

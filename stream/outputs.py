@@ -20,16 +20,17 @@ from typing import Any, NamedTuple
 import msgspec
 import numpy as np
 import orjson
+import pandas as pd
 
 from .alerts import Alert
-from .budgets import BudgetState
 from .timeutil import ms_to_iso
 
 DLQ = "llm.calls.dlq"
 BUDGET_STATE = "llm.budget.state"
 CANDIDATES = "llm.eval.candidates"
 ALERT_TOPICS = {t: f"llm.alerts.{t}" for t in ("budget", "drift", "freshness")}
-_STATUS_ORDER = {"ok": 0, "warn": 1, "exceeded": 2}
+STATUSES = ("ok", "warn", "exceeded")
+_STATUS_ORDER = {s: i for i, s in enumerate(STATUSES)}
 
 
 class Record(NamedTuple):
@@ -79,33 +80,49 @@ def dlq_records(rejected: dict[str, Any], topic: str, prefix: str = "") -> list[
     return out
 
 
-def budget_state_records(states: list[BudgetState], prefix: str = "") -> list[Record]:
-    """One compacted record per tenant holding all of its budgets (latest state wins)."""
-    by_tenant: dict[str, list[BudgetState]] = {}
-    for s in states:
-        by_tenant.setdefault(s.tenant_id, []).append(s)
+def _iso(ms: np.ndarray) -> np.ndarray:
+    """RFC 3339 UTC strings (``…T…\u200b.mmmZ``) of epoch-ms int64[n], vectorised."""
+    return np.datetime_as_string(ms.astype("datetime64[ms]"), unit="ms", timezone="UTC")
+
+
+def budget_state_records(states: dict[str, np.ndarray], prefix: str = "") -> list[Record]:
+    """One compacted record per tenant holding all of its budgets (latest state wins).
+
+    ``states``: columns of ``BudgetTracker.state_columns()`` (rows of several batches may
+    repeat a (tenant, budget); the last row is the current one).
+    """
+    if not len(states.get("tenant_id", ())):
+        return []
+    keys = pd.MultiIndex.from_arrays([states["tenant_id"], states["budget_id"]])
+    keep = np.flatnonzero(~keys.duplicated(keep="last"))
+    order = keep[np.argsort(states["tenant_id"][keep], kind="stable")]
+    as_of, start = _iso(states["as_of_ms"][order]), _iso(states["period_start_ms"][order])
+    rank = np.vectorize(_STATUS_ORDER.__getitem__, otypes=[np.int64])(states["status"][order])
+    sorted_tenants = states["tenant_id"][order]
+    bounds = np.flatnonzero(np.r_[True, sorted_tenants[1:] != sorted_tenants[:-1]])
     out = []
-    for tenant, items in by_tenant.items():
-        worst = max(items, key=lambda s: _STATUS_ORDER.get(s.status, 0)).status
+    for lo, hi in zip(bounds, np.r_[bounds[1:], len(order)], strict=True):
+        rows = order[lo:hi]
         value = {
-            "tenant_id": tenant,
-            "status": worst,
-            "as_of": ms_to_iso(max(s.as_of_ms for s in items)),
+            "tenant_id": states["tenant_id"][rows[0]],
+            "status": STATUSES[int(rank[lo:hi].max())],
+            "as_of": max(as_of[lo:hi]),
             "budgets": [
                 {
-                    "budget_id": s.budget_id,
-                    "window": s.window,
-                    "limit_usd": s.limit_usd,
-                    "spend_usd": s.spend_usd,
-                    "remaining_usd": s.remaining_usd,
-                    "status": s.status,
-                    "as_of": ms_to_iso(s.as_of_ms),
-                    "period_start": ms_to_iso(s.period_start_ms),
+                    "budget_id": states["budget_id"][r],
+                    "window": states["window"][r],
+                    "limit_usd": float(states["limit_usd"][r]),
+                    "spend_usd": float(states["spend_usd"][r]),
+                    "remaining_usd": float(states["remaining_usd"][r]),
+                    "status": states["status"][r],
+                    "as_of": as_of[lo + j],
+                    "period_start": start[lo + j],
                 }
-                for s in items
+                for j, r in enumerate(rows)
             ],
         }
-        out.append(Record(prefix + BUDGET_STATE, tenant.encode(), orjson.dumps(value), []))
+        out.append(Record(prefix + BUDGET_STATE, value["tenant_id"].encode(),
+                          orjson.dumps(value), []))
     return out
 
 

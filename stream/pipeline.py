@@ -170,5 +170,5 @@ def finish(engine: Engine, sink: ClickHouseSink | None, result: ReplayStats, tok
     result.alerts.update(a.type for a in final)
     if sink is not None:
         sink.add_alerts(final)
-        sink.add_states(engine.budgets.states())
+        sink.add_states(engine.budgets.state_columns())
         sink.flush(token)

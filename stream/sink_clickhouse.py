@@ -21,12 +21,12 @@ from urllib.parse import urlparse
 
 import msgspec
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 
 from llmops_stream.schemas import read_text
 
 from .alerts import Alert
-from .budgets import BudgetState
 from .engine import BatchOutput
 from .errors import ConfigError
 from .timeutil import iso_to_ms, now_ms
@@ -156,7 +156,7 @@ class ClickHouseSink:
     _rejected: dict[str, list[Any]] = field(default_factory=dict)
     _candidates: dict[str, list[Any]] = field(default_factory=dict)
     _alerts: list[Alert] = field(default_factory=list)
-    _states: dict[tuple[str, str], BudgetState] = field(default_factory=dict)
+    _states: dict[str, list[Any]] = field(default_factory=dict)
     rows_buffered: int = 0
 
     def add(self, out: BatchOutput) -> None:
@@ -172,18 +172,17 @@ class ClickHouseSink:
                     values if isinstance(values, np.ndarray) else _as_array(values)
                 )
         self._alerts.extend(out.alerts)
-        for s in out.budget_states:
-            self._states[(s.tenant_id, s.budget_id)] = s  # only the latest state matters
+        self.add_states(out.budget_states)
         self.rows_buffered += len(out.calls["event_id"])
 
     def add_alerts(self, alerts: list[Alert]) -> None:
         """Buffer alerts produced outside a batch (e.g. windows closed at the end)."""
         self._alerts.extend(alerts)
 
-    def add_states(self, states: list[BudgetState]) -> None:
-        """Buffer budget states produced outside a batch (e.g. the final state of a replay)."""
-        for s in states:
-            self._states[(s.tenant_id, s.budget_id)] = s
+    def add_states(self, states: dict[str, np.ndarray]) -> None:
+        """Buffer budget-state columns (``BudgetTracker.state_columns()``); latest wins."""
+        for name, values in states.items():
+            self._states.setdefault(name, []).append(values)
 
     def flush(self, token: str) -> dict[str, int]:
         """Insert everything buffered; returns rows written per table. Idempotent per token."""
@@ -213,9 +212,10 @@ class ClickHouseSink:
             )
         if self._alerts:
             written["llm_alerts"] = self._insert("llm_alerts", alerts_table(self._alerts), token)
-        if self._states:
+        if self._states and sum(len(c) for c in self._states["tenant_id"]):
+            states = {k: np.concatenate(v) for k, v in self._states.items()}
             written["llm_budget_state"] = self._insert(
-                "llm_budget_state", states_table(list(self._states.values())), token
+                "llm_budget_state", states_table(states), token
             )
         self._calls, self._usage, self._rejected, self._candidates = {}, {}, {}, {}
         self._alerts, self._states = [], {}
@@ -258,21 +258,33 @@ def alerts_table(alerts: list[Alert]) -> pa.Table:
     )
 
 
-def states_table(states: list[BudgetState]) -> pa.Table:
-    """``llm_budget_state`` rows as an Arrow table (version = as_of, ties: last insert)."""
+def latest_states(states: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Keep the last row of each (tenant, budget) of concatenated state columns."""
+    keys = pd.MultiIndex.from_arrays([states["tenant_id"], states["budget_id"]])
+    keep = ~keys.duplicated(keep="last")
+    return {k: v[keep] for k, v in states.items()}
+
+
+def states_table(states: dict[str, np.ndarray]) -> pa.Table:
+    """``llm_budget_state`` rows (the latest per tenant and budget) as an Arrow table.
+
+    ``version`` is the write time, so ReplacingMergeTree keeps the newest state.
+    """
+    s = latest_states(states)
+    n = len(s["tenant_id"])
     now = now_ms()
     return pa.table(
         {
-            "tenant_id": _strings([s.tenant_id for s in states]),
-            "budget_id": _strings([s.budget_id for s in states]),
-            "window": _strings([s.window for s in states]),
-            "limit_usd": pa.array([s.limit_usd for s in states], type=pa.float64()),
-            "spend_usd": pa.array([s.spend_usd for s in states], type=pa.float64()),
-            "remaining_usd": pa.array([s.remaining_usd for s in states], type=pa.float64()),
-            "status": _strings([s.status for s in states]),
-            "as_of": _ms([s.as_of_ms for s in states]),
-            "period_start": _ms([s.period_start_ms for s in states]),
-            "updated_at": _ms([now] * len(states)),
-            "version": pa.array([now for _ in states], type=pa.uint64()),
+            "tenant_id": pa.array(s["tenant_id"], pa.string()),
+            "budget_id": pa.array(s["budget_id"], pa.string()),
+            "window": pa.array(s["window"], pa.string()),
+            "limit_usd": pa.array(s["limit_usd"], pa.float64()),
+            "spend_usd": pa.array(s["spend_usd"], pa.float64()),
+            "remaining_usd": pa.array(s["remaining_usd"], pa.float64()),
+            "status": pa.array(s["status"], pa.string()),
+            "as_of": _ms(s["as_of_ms"]),
+            "period_start": _ms(s["period_start_ms"]),
+            "updated_at": _ms(np.full(n, now)),
+            "version": pa.array(np.full(n, now, dtype=np.uint64)),
         }
     )

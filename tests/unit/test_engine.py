@@ -109,7 +109,7 @@ def test_pricing_edge_cases_and_unknowns() -> None:
     assert out.calls["unpriced"].tolist() == [0, 0, 1, 0]
     assert cost[3] == pytest.approx((5e11 * 1.0 + 4e11 * 0.1 + 1e11 * 1.25 + 1e12 * 2.0) / 1e6)
     assert out.stats["duplicates"] == 1 and out.stats["unpriced"] == 1
-    assert out.budget_states == [] and out.alerts == []
+    assert len(out.budget_states["tenant_id"]) == 0 and out.alerts == []
 
 
 def test_empty_batch() -> None:
