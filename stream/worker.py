@@ -26,10 +26,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import inspect
 import logging
 import time
 from bisect import bisect_left
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -78,6 +80,19 @@ class PartitionRun:
     @property
     def pending(self) -> bool:
         return self.next_offset > self.seg_start
+
+
+@dataclass
+class _Part:
+    """One partition's share of a flush: the segment [start, end) and what it produced."""
+
+    run: PartitionRun
+    start: int
+    end: int
+    sink: ClickHouseSink | None  # None: nothing new, only a checkpoint is due
+    records: list[Record]
+    alert_types: list[str]
+    snapshot: bytes | None  # engine state as of `end`, when a checkpoint is due
 
 
 def _offset(record: Any) -> int:
@@ -149,6 +164,11 @@ class Worker:
         self._last_flush = time.monotonic()
         self._last_checkpoint = time.monotonic()
         self._producer_broken = False
+        self._flush_lock = asyncio.Lock()
+        self._inflight: asyncio.Task[None] | None = None
+        # every ClickHouse call runs on this one thread: chDB serves one caller at a time,
+        # and the engine keeps processing meanwhile
+        self._ch_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
 
     @property
     def _consumer(self) -> AIOKafkaConsumer:
@@ -191,8 +211,7 @@ class Worker:
                     await self.flush()
                 await self._update_lag()
                 self.metrics.maybe_log(partitions=len(self.runs))
-            await self.flush()
-            await self.checkpoint(force=True)
+            await self.flush(wait=True, checkpoint=True)
         finally:
             await self._consumer.stop()
             await self._producer.stop()
@@ -201,22 +220,26 @@ class Worker:
     async def on_revoked(self, revoked: list[TopicPartition]) -> None:
         """Flush what is pending (it still belongs to us), checkpoint, then let go."""
         if any(tp in self.runs for tp in revoked):
-            await self.flush()
-            await self.checkpoint(force=True, only=revoked)
+            await self.flush(wait=True, checkpoint=True)
         for tp in revoked:
             self.runs.pop(tp, None)
         self.metrics.assigned.set(len(self.runs))
 
     async def on_assigned(self, assigned: list[TopicPartition]) -> None:
         """Restore each partition's engine from its checkpoint and seek where to replay."""
+        async with self._flush_lock:
+            await self._await_inflight()  # ClickHouse is read below, on its own thread
+        loop = asyncio.get_running_loop()
         for tp in assigned:
             if tp in self.runs:
                 continue
             beginning = (await self._consumer.beginning_offsets([tp]))[tp]
             committed = await self._consumer.committed(tp)
             committed = beginning if committed is None else max(committed, beginning)
-            engine, start = self._restore(tp, committed, beginning)
-            forced = self._query_one(
+            engine, start = await loop.run_in_executor(
+                self._ch_thread, self._restore, tp, committed, beginning
+            )
+            forced = await loop.run_in_executor(self._ch_thread, self._query_one,
                 f"SELECT end_offset FROM {self.db}.llm_segments WHERE group_id = %(g)s AND "  # noqa: S608 - db name validated in connect()
                 "topic = %(t)s AND partition = %(p)s AND start_offset = %(o)s "
                 "ORDER BY created_at LIMIT 1",
@@ -298,41 +321,86 @@ class Worker:
         run.alert_types += [a.type for a in out.alerts]
 
     # ------------------------------------------------------------------ flush
-    async def flush(self) -> None:
-        """Write every pending segment to ClickHouse, then commit outputs + offsets."""
-        self._last_flush = time.monotonic()
-        ready = [
-            r for r in self.runs.values()
-            if r.pending and (r.forced_end is None or r.next_offset >= r.forced_end)
-        ]
-        if not ready:
-            return
-        started = time.perf_counter()
-        for run in ready:
-            end = run.next_offset
-            seg = f"{self.s.group}:{run.tp.topic}:{run.tp.partition}:{run.seg_start}"
-            await self._retry("ClickHouse", partial(self._write_segment, run, end, seg))
-        await self._retry("Kafka", lambda: self._commit(ready), clickhouse=False)
-        for run in ready:
-            run.committed = run.seg_start = run.next_offset
-            run.forced_end = None
-            run.records, run.alert_types = [], []
-        self.metrics.flush.observe(time.perf_counter() - started)
-        await self.checkpoint()
+    async def flush(self, *, wait: bool = False, checkpoint: bool = False) -> None:
+        """Cut every pending segment and write it: ClickHouse, then outputs + offsets.
 
-    def _write_segment(self, run: PartitionRun, end: int, seg: str) -> None:
+        The write runs while the next segment is being processed (chDB and the network
+        release the GIL), but flushes never overlap: a flush first waits for the previous
+        one. ``wait`` returns only once this one is committed; ``checkpoint`` also stores
+        engine states (otherwise they are stored every ``checkpoint_interval_s``).
+        """
+        async with self._flush_lock:
+            await self._await_inflight()
+            self._last_flush = time.monotonic()
+            due = checkpoint or (
+                time.monotonic() - self._last_checkpoint >= self.s.checkpoint_interval_s
+            )
+            if due:
+                self._last_checkpoint = time.monotonic()
+            parts = []
+            for run in self.runs.values():
+                ready = run.pending and (
+                    run.forced_end is None or run.next_offset >= run.forced_end
+                )
+                state_only = not run.pending and due and run.checkpointed != run.next_offset
+                if not (ready or state_only):
+                    continue
+                parts.append(_Part(
+                    run=run, start=run.seg_start, end=run.next_offset,
+                    sink=run.sink if ready else None, records=run.records if ready else [],
+                    alert_types=run.alert_types if ready else [],
+                    # the state as of `end`, i.e. after everything this flush commits
+                    snapshot=run.engine.snapshot() if due else None,
+                ))
+                if ready:
+                    run.sink = ClickHouseSink(self.client, self.db)
+                    run.records, run.alert_types = [], []
+                    run.seg_start, run.forced_end = run.next_offset, None
+            if parts:
+                self._inflight = asyncio.create_task(self._write(parts))
+            if wait:
+                await self._await_inflight()
+
+    async def _await_inflight(self) -> None:
+        if self._inflight is not None:
+            task, self._inflight = self._inflight, None
+            await task
+
+    async def _write(self, parts: list[_Part]) -> None:
+        """ClickHouse rows of each segment, then one Kafka transaction, then checkpoints."""
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        segments = [p for p in parts if p.sink is not None]
+        for p in segments:
+            await self._retry("ClickHouse", partial(
+                loop.run_in_executor, self._ch_thread, self._write_segment, p))
+        if segments:
+            await self._retry("Kafka", partial(self._commit, segments), clickhouse=False)
+            for p in segments:
+                p.run.committed = p.end
+            self.metrics.flush.observe(time.perf_counter() - started)
+        for p in parts:
+            if p.snapshot is not None and p.run.committed == p.end:
+                await self._retry("ClickHouse", partial(
+                    loop.run_in_executor, self._ch_thread, self._write_state, p))
+                p.run.checkpointed = p.end
+
+    def _write_segment(self, p: _Part) -> None:
+        tp = p.run.tp
+        seg = f"{self.s.group}:{tp.topic}:{tp.partition}:{p.start}"
         self.client.insert_arrow(
             f"{self.db}.llm_segments",
             pa.table({
-                "group_id": [self.s.group], "topic": [run.tp.topic],
-                "partition": pa.array([run.tp.partition], pa.int32()),
-                "start_offset": pa.array([run.seg_start], pa.int64()),
-                "end_offset": pa.array([end], pa.int64()),
+                "group_id": [self.s.group], "topic": [tp.topic],
+                "partition": pa.array([tp.partition], pa.int32()),
+                "start_offset": pa.array([p.start], pa.int64()),
+                "end_offset": pa.array([p.end], pa.int64()),
                 "created_at": pa.array([now_ms()], pa.int64()).cast(pa.timestamp("ms", "UTC")),
             }),
             settings={"insert_deduplication_token": f"segment:{seg}"},
         )
-        run.sink.flush(f"{seg}-{end}")
+        if p.sink is not None:
+            p.sink.flush(f"{seg}-{p.end}")
 
     async def _new_producer(self) -> None:
         """(Re)start the transactional producer; the same id fences and aborts any older
@@ -349,7 +417,7 @@ class Worker:
         )
         await self.producer.start()
 
-    async def _commit(self, ready: list[PartitionRun]) -> None:
+    async def _commit(self, parts: list[_Part]) -> None:
         if self._producer_broken:
             await self._new_producer()
             self._producer_broken = False
@@ -358,16 +426,16 @@ class Worker:
             futures = [
                 await self._producer.send(rec.topic, value=rec.value, key=rec.key,
                                          headers=rec.headers)
-                for run in ready for rec in run.records
+                for p in parts for rec in p.records
             ]
             if futures:
                 await asyncio.gather(*futures)
             await self._producer.send_offsets_to_transaction(
-                {run.tp: run.next_offset for run in ready}, self.s.group
+                {p.run.tp: p.end for p in parts}, self.s.group
             )
         self._producer_broken = False
-        for run in ready:
-            self.metrics.record_alerts(run.alert_types)
+        for p in parts:
+            self.metrics.record_alerts(p.alert_types)
 
     async def _retry(self, what: str, fn: Callable[[], Any], *, clickhouse: bool = True) -> None:
         """Run ``fn`` (sync or async) until it succeeds; back off while the service fails."""
@@ -375,7 +443,7 @@ class Worker:
         while True:
             try:
                 result = fn()
-                if asyncio.iscoroutine(result):
+                if inspect.isawaitable(result):
                     await result
                 return
             except Exception as exc:  # any failure of the service: retry, never drop data
@@ -387,37 +455,21 @@ class Worker:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_S)
 
-    async def checkpoint(self, *, force: bool = False,
-                         only: list[TopicPartition] | None = None) -> None:
-        """Store engine states at their committed offsets (periodically, or now)."""
-        if not force and time.monotonic() - self._last_checkpoint < self.s.checkpoint_interval_s:
-            return
-        self._last_checkpoint = time.monotonic()
-        for tp, run in self.runs.items():
-            if (only is not None and tp not in only) or run.pending:
-                continue
-            if run.checkpointed == run.committed or run.next_offset != run.committed:
-                continue
-            offset = run.committed
-            await self._retry(
-                "ClickHouse", partial(self._write_state, tp, offset, run.engine.snapshot())
-            )
-            run.checkpointed = offset
-
-    def _write_state(self, tp: TopicPartition, offset: int, state: bytes) -> None:
+    def _write_state(self, p: _Part) -> None:
+        tp = p.run.tp
         self.client.insert_arrow(
             f"{self.db}.llm_engine_state",
             pa.table({
                 "group_id": [self.s.group],
                 "topic": [tp.topic],
                 "partition": pa.array([tp.partition], pa.int32()),
-                "offset": pa.array([offset], pa.int64()),
-                "state": [base64.b64encode(state).decode()],
+                "offset": pa.array([p.end], pa.int64()),
+                "state": [base64.b64encode(p.snapshot or b"").decode()],
                 "created_at": pa.array([now_ms()], pa.int64()).cast(pa.timestamp("ms", "UTC")),
             }),
             settings={
                 "insert_deduplication_token":
-                    f"state:{self.s.group}:{tp.topic}:{tp.partition}:{offset}"
+                    f"state:{self.s.group}:{tp.topic}:{tp.partition}:{p.end}"
             },
         )
 
