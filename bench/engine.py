@@ -26,6 +26,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.naive import NaiveProcessor  # noqa: E402
 from llmops_stream.stream.budgets import BudgetConfig  # noqa: E402
 from llmops_stream.stream.demo import demo_budgets  # noqa: E402
 from llmops_stream.stream.engine import Engine, EngineConfig  # noqa: E402
@@ -37,8 +38,6 @@ from llmops_stream.stream.synth import (  # noqa: E402
     generate_events,
     write_jsonl,
 )
-
-from bench.naive import NaiveProcessor  # noqa: E402
 
 BATCH = 20_000
 MODEL = "text-embedding-3-small"

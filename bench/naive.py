@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+
 from llmops_stream.stream.budgets import BudgetConfig
 from llmops_stream.stream.evalset import EvalSet
 from llmops_stream.stream.pricing import ModelPrice, PriceTable
