@@ -353,7 +353,8 @@ def _print_report(console: Console, rep: dict[str, Any], states: list[tuple[Any,
             worst[tenant] = status
     table = Table(title="Per-tenant totals (from ClickHouse)", show_lines=False)
     for col in ("tenant", "calls", "cost USD", "budget", "drift share", "stale share", "rejected"):
-        table.add_column(col, justify="left" if col in ("tenant", "budget") else "right")
+        table.add_column(col, justify="left" if col in ("tenant", "budget") else "right",
+                         no_wrap=col == "tenant")
     tenants = sorted(rep["tenants"].items(), key=lambda kv: -kv[1]["cost_usd"])
     colour = {"ok": "green", "warn": "yellow", "exceeded": "bold red"}
     for tenant, t in tenants[:25]:

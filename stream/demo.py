@@ -21,10 +21,17 @@ from rich.progress import Progress
 from .pipeline import ReplayStats, build_engine, feed, finish
 from .settings import Settings
 from .sink_clickhouse import ClickHouseSink
-from .synth import SynthConfig, generate_eval_set, generate_events, write_jsonl
+from .synth import (
+    SynthConfig,
+    generate_bad_events,
+    generate_eval_set,
+    generate_events,
+    write_jsonl,
+)
 from .timeutil import MS_PER_DAY, now_ms
 
-DEMO_RATE_PER_S = 50.0  # event-time rate: 200k events span ~1.1 days, so budgets roll over
+DEMO_RATE_PER_S = 2.5  # event-time rate: 200k events span ~22 h, so hourly budgets roll over
+BAD_EVERY = 997  # one malformed event among this many, to show the DLQ path
 EMBEDDING_MODEL = "text-embedding-3-small"
 
 
@@ -32,16 +39,25 @@ def demo_budgets() -> dict[str, Any]:
     """Budgets that make the synthetic traffic cross soft and hard thresholds."""
     return {
         "default": [
-            {"id": "daily", "limit_usd": 5.0, "window": "24h", "soft": [0.5, 0.8], "hard": 1.0},
-            {"id": "hourly", "limit_usd": 1.0, "window": "1h", "soft": [0.8], "hard": 1.0},
-            {"id": "monthly", "limit_usd": 100.0, "window": "month", "soft": [0.5], "hard": 1.0},
+            {"id": "daily", "limit_usd": 100.0, "window": "24h", "soft": [0.5, 0.8], "hard": 1.0},
+            {"id": "hourly", "limit_usd": 10.0, "window": "1h", "soft": [0.8], "hard": 1.0},
+            {"id": "monthly", "limit_usd": 1000.0, "window": "month", "soft": [0.5], "hard": 1.0},
         ],
         "tenants": {
             "tenant-000": [
-                {"id": "daily", "limit_usd": 50.0, "window": "day", "soft": [0.5, 0.8]},
+                {"id": "daily", "limit_usd": 600.0, "window": "day", "soft": [0.5, 0.8]},
             ]
         },
     }
+
+
+def _with_bad_events(events: Iterator[bytes], bad: list[bytes]) -> Iterator[bytes]:
+    """Interleave ``bad`` events (one of each reject reason) with the traffic."""
+    bad = list(bad)
+    for i, raw in enumerate(events):
+        yield raw
+        if i % BAD_EVERY == BAD_EVERY - 1 and bad:
+            yield bad.pop()
 
 
 def _batches(events: Iterator[bytes], size: int) -> Iterator[tuple[list[bytes], int]]:
@@ -83,10 +99,12 @@ def run_demo(
         n_tenants=n_tenants,
         embedding_model=EMBEDDING_MODEL,
     )
+    bad = [raw for raw, _ in generate_bad_events(seed) if raw.strip()]
+    bad = bad[: n_events // BAD_EVERY]
     result = ReplayStats()
     started = time.perf_counter()
     with progress:
-        task = progress.add_task("demo", total=n_events, rate="")
+        task = progress.add_task("demo", total=n_events + len(bad), rate="")
 
         def on_progress(_consumed: int, n: int) -> None:
             done = progress.tasks[0].completed + n
@@ -96,7 +114,7 @@ def run_demo(
         feed(
             f"demo-{seed}-{n_events}-{n_tenants}-{start}",
             0,
-            _batches(generate_events(cfg), settings.batch_size),
+            _batches(_with_bad_events(generate_events(cfg), bad), settings.batch_size),
             engine,
             sink,
             result,
