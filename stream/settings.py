@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     kafka_session_timeout_ms: int = Field(
         10_000, ge=6_000, description="a dead worker's partitions move after this long"
     )
+    kafka_transaction_timeout_ms: int = Field(
+        10_000, ge=1_000, description="a dead worker's open transaction is aborted after this"
+    )
     group: str = "llmops-stream"
     topic: str = "llm.calls"
     output_topic_prefix: str = Field(

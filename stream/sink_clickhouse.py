@@ -199,8 +199,10 @@ class ClickHouseSink:
                 "llm_usage_1m", _arrow(self._usage, _USAGE_TYPES), token
             )
         if self._rejected and sum(len(c) for c in self._rejected["reason"]):
-            raw = [bytes(x) for c in self._rejected.pop("raw") for x in c]
-            tbl = _arrow(self._rejected, _REJECTED_TYPES)
+            # the buffer stays intact until every insert succeeded: a failed flush is retried
+            raw = [bytes(x) for c in self._rejected["raw"] for x in c]
+            tbl = _arrow({k: v for k, v in self._rejected.items() if k != "raw"},
+                         _REJECTED_TYPES)
             tbl = tbl.append_column("raw", pa.array(raw, type=pa.binary()))
             tbl = tbl.append_column(
                 "received_at", pa.array(np.full(tbl.num_rows, ingested, np.int64)).cast(_TS_MS)

@@ -236,15 +236,18 @@ class Worker:
             beginning = (await self._consumer.beginning_offsets([tp]))[tp]
             committed = await self._consumer.committed(tp)
             committed = beginning if committed is None else max(committed, beginning)
-            engine, start = await loop.run_in_executor(
-                self._ch_thread, self._restore, tp, committed, beginning
-            )
-            forced = await loop.run_in_executor(self._ch_thread, self._query_one,
+            # ClickHouse down during a rebalance: wait for it (backpressure), never skip the
+            # partition
+            engine, start = await self._retry("ClickHouse", partial(
+                loop.run_in_executor, self._ch_thread, self._restore, tp, committed, beginning
+            ))
+            forced = await self._retry("ClickHouse", partial(
+                loop.run_in_executor, self._ch_thread, self._query_one,
                 f"SELECT end_offset FROM {self.db}.llm_segments WHERE group_id = %(g)s AND "  # noqa: S608 - db name validated in connect()
                 "topic = %(t)s AND partition = %(p)s AND start_offset = %(o)s "
                 "ORDER BY created_at LIMIT 1",
                 {"g": self.s.group, "t": tp.topic, "p": tp.partition, "o": committed},
-            )
+            ))
             self.runs[tp] = PartitionRun(
                 tp=tp, engine=engine, committed=committed, seg_start=committed,
                 next_offset=start, forced_end=int(forced) if forced is not None else None,
@@ -414,6 +417,9 @@ class Worker:
             **kafka_kwargs(self.s),
             transactional_id=f"{self.s.group}.{self.s.topic}.{self.s.worker_id}",
             enable_idempotence=True, acks="all", linger_ms=5,
+            # a transaction left open by a killed worker blocks read_committed readers of
+            # the alert topics until the broker aborts it: keep that short
+            transaction_timeout_ms=self.s.kafka_transaction_timeout_ms,
         )
         await self.producer.start()
 
@@ -437,15 +443,16 @@ class Worker:
         for p in parts:
             self.metrics.record_alerts(p.alert_types)
 
-    async def _retry(self, what: str, fn: Callable[[], Any], *, clickhouse: bool = True) -> None:
-        """Run ``fn`` (sync or async) until it succeeds; back off while the service fails."""
+    async def _retry(self, what: str, fn: Callable[[], Any], *, clickhouse: bool = True) -> Any:
+        """Run ``fn`` (sync or async) until it succeeds, and return its result; back off while
+        the service fails."""
         delay = 0.2
         while True:
             try:
                 result = fn()
                 if inspect.isawaitable(result):
-                    await result
-                return
+                    result = await result
+                return result
             except Exception as exc:  # any failure of the service: retry, never drop data
                 (self.metrics.ch_errors if clickhouse else self.metrics.kafka_errors).inc()
                 log.warning("%s write failed (%s: %s); retrying in %.1f s", what,

@@ -62,8 +62,6 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-import chdb
-
 HOST = "127.0.0.1"
 
 # URL parameters the HTTP layer consumes itself; they are never engine settings.
@@ -161,8 +159,8 @@ def _multipart_fields(body: bytes, content_type: str) -> dict[str, str]:
         name = part.get_param("name", header="content-disposition")
         if part.get_filename() is not None:
             raise FrontError("external data is not supported by this front", code=48)
-        payload = part.get_payload(decode=True) or b""
-        fields[str(name)] = payload.decode()
+        payload = part.get_payload(decode=True)
+        fields[str(name)] = payload.decode() if isinstance(payload, bytes) else ""
     return fields
 
 
@@ -210,6 +208,8 @@ class ChdbEngine:
     """One chDB connection; statements run one at a time with their own settings."""
 
     def __init__(self, path: str | Path) -> None:
+        import chdb  # only in the process that serves: chDB opens one path per process
+
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self._conn: Any = chdb.connect(str(self.path))
@@ -241,8 +241,7 @@ class ChdbEngine:
             del self._applied[name]
         for name, value in settings.items():
             if self._applied.get(name) != value:
-                self._applied.pop(name, None)
-                self._raw(f"SET {name} = {_sql_string(value)}")
+                self._raw(f"SET {name} = {_sql_string(value)}")  # on error: unchanged
                 self._applied[name] = value
 
     def execute(self, st: Statement) -> Outcome:
@@ -301,7 +300,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _read_body(self) -> bytes:
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            chunks = []
+            chunks: list[bytes] = []
             while True:
                 size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
                 if size == 0:

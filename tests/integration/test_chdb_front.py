@@ -15,15 +15,16 @@ from typing import Any
 import clickhouse_connect
 import pyarrow as pa
 import pytest
-from chdb_front import FrontProcess, parse_request, reachable
+from chdb_front import FrontProcess, reachable
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 from expected import expected_totals
+
 from llmops_stream.stream.budgets import BudgetConfig
 from llmops_stream.stream.engine import Engine, EngineConfig
 from llmops_stream.stream.pricing import PriceTable
 from llmops_stream.stream.report import budget_states, build_report
 from llmops_stream.stream.sink_clickhouse import ClickHouseSink, apply_schema, connect
-from llmops_stream.stream.synth import SynthConfig, generate_events
+from llmops_stream.stream.synth import SynthConfig, generate_bad_events, generate_events
 
 pytestmark = pytest.mark.integration
 
@@ -41,22 +42,6 @@ def front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FrontProcess]:
 def client_of(front: FrontProcess) -> Any:
     host, port = front.url.removeprefix("http://").split(":")
     return clickhouse_connect.get_client(host=host, port=int(port))
-
-
-def test_parse_request_splits_insert_statement_and_data() -> None:
-    st = parse_request("/?query=INSERT+INTO+db.t+%28a%29+FORMAT+Arrow&database=db"
-                       "&insert_deduplication_token=k&session_id=s&param_x=1",
-                       b"ARROW1\x00", {})
-    assert (st.sql, st.fmt, st.insert_data) == ("INSERT INTO db.t (a) FORMAT Arrow", "TabSeparated",
-                                                 b"ARROW1\x00")
-    assert st.settings == {"insert_deduplication_token": "k"} and st.params == {"x": "1"}
-    assert st.database == "db" and not st.returns_result
-    st = parse_request("/?default_format=JSON", b"INSERT INTO t FORMAT Native\n\x01\x02", {})
-    assert (st.sql, st.insert_data) == ("INSERT INTO t FORMAT Native", b"\x01\x02")
-    st = parse_request("/?enable_http_compression=1", b"  -- c\n(SELECT 1)\n FORMAT Native", {})
-    assert st.fmt == "Native" and st.returns_result and st.settings == {}
-    st = parse_request("/?query=CREATE+TABLE+t+%28a+UInt8%29+ENGINE%3DLog", b"", {})
-    assert st.insert_data is None and not st.returns_result
 
 
 def test_handshake_command_and_query_parameters(front: FrontProcess) -> None:
@@ -171,6 +156,63 @@ def test_schema_sink_flush_and_report_through_the_front(front: FrontProcess) -> 
     assert calls == sum(t["calls"] for t in expected.values())
     states = budget_states(client, "fs")
     assert {s[0] for s in states} == set(expected)
+
+
+class OutageBefore:
+    """A clickhouse-connect client whose ClickHouse goes down (the front pauses) just before
+    the first insert into ``table``: that insert fails as in a real outage, then the front
+    comes back. Every call goes to the real client."""
+
+    def __init__(self, client: Any, front: FrontProcess, table: str) -> None:
+        self.client, self.front, self.table = client, front, table
+        self.outages = 0
+
+    def insert_arrow(self, table: str, *args: Any, **kwargs: Any) -> Any:
+        if self.outages == 0 and table.endswith("." + self.table):
+            self.outages += 1
+            self.front.pause()
+            try:
+                return self.client.insert_arrow(table, *args, **kwargs)
+            finally:
+                self.front.resume()
+        return self.client.insert_arrow(table, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+
+@pytest.mark.parametrize("table", [
+    "llm_calls", "llm_usage_1m",
+    "llm_rejected", "llm_alerts", "llm_budget_state",
+])
+def test_flush_retried_after_an_outage_mid_flush_stores_everything_once(
+    front: FrontProcess, table: str
+) -> None:
+    db = "fo_" + table
+    events = list(generate_events(SynthConfig(n_events=2000, seed=9, n_tenants=3,
+                                              embedding_share=0.0, rate_per_s=5.0)))
+    bad = [raw for raw, _ in generate_bad_events(seed=3) if len(raw) < 100_000]
+    engine = Engine(EngineConfig(prices=PriceTable(),
+                                 budgets=BudgetConfig.model_validate(BUDGETS)))
+    out = engine.process(events + bad)
+    assert out.alerts, "the budget is sized to be crossed"
+    flaky = OutageBefore(connect(front.url, db), front, table)
+    sink = ClickHouseSink(flaky, db)
+    sink.add(out)
+    with pytest.raises(OperationalError):
+        sink.flush("seg-0")
+    assert flaky.outages == 1
+    sink.flush("seg-0")  # what the worker does: the same buffered rows, the same token
+
+    report = build_report(flaky.client, db)
+    expected = expected_totals(events)
+    for tenant, exp in expected.items():
+        assert report["tenants"][tenant]["calls"] == exp["calls"]
+        assert report["tenants"][tenant]["cost_usd"] == pytest.approx(exp["cost_usd"],
+                                                                      rel=1e-9, abs=1e-12)
+    assert sum(t["rejected"] for t in report["tenants"].values()) == len(bad)
+    assert {a["alert_id"] for a in report["alerts"]} == {a.alert_id for a in out.alerts}
+    assert {s[0] for s in budget_states(flaky.client, db)} == set(expected)
 
 
 def test_pause_makes_clickhouse_unreachable_until_resume(front: FrontProcess) -> None:
