@@ -370,7 +370,6 @@ def test_security_kwargs_errors(fields: dict[str, Any], message: str) -> None:
 
 
 def test_security_kwargs_tls_files(tmp_path: Path) -> None:
-    pytest.importorskip("cryptography")
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
