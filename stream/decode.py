@@ -22,7 +22,7 @@ import numpy as np
 import pybase64
 
 from .rfc3339 import MISSING as MISSING_TS
-from .rfc3339 import times_ms
+from .rfc3339 import WRONG_TYPE, json_times_ms
 
 MAX_MESSAGE_BYTES = 1 << 20
 MAX_TOKENS = 10**12  # far above any real context; beyond it int64 sums could overflow
@@ -60,9 +60,10 @@ REJECT_REASONS: dict[str, str] = {
 
 Tokens = Annotated[int, msgspec.Meta(ge=0, le=MAX_TOKENS)]
 Id128 = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
-# Times stay strings here and are parsed in bulk by rfc3339.py (much faster than one
-# datetime per value); an unparsable one becomes INVALID and is rejected as bad_timestamp.
-Time = int | Annotated[str, msgspec.Meta(max_length=64)]
+# Times stay raw JSON here (no str/int object per value) and are parsed in bulk by
+# rfc3339.json_times_ms; an unparsable one becomes INVALID and is rejected as bad_timestamp.
+Time = msgspec.Raw
+NULL = msgspec.Raw(b"null")
 NonNeg = Annotated[float, msgspec.Meta(ge=0)]
 
 
@@ -83,7 +84,7 @@ class Chunk(msgspec.Struct, gc=False):
     embedded_at: Time
     chunk_id: str | None = None
     doc_id: str | None = None
-    source_updated_at: Time | None = None
+    source_updated_at: Time = NULL
     score: float | None = None
 
 
@@ -341,7 +342,7 @@ def decode_batch(messages: list[bytes]) -> tuple[CallBatch, Rejected]:
     cache_read = _ints(_attr(usage, "cache_read_tokens"))
     cache_write = _ints(_attr(usage, "cache_write_tokens"))
     reasoning = _ints(_attr(usage, "reasoning_tokens"))
-    ts_ms = times_ms(_attr(events, "ts"))
+    ts_ms = json_times_ms(_attr(events, "ts"))
 
     bad = np.zeros(n, dtype=np.int8)  # 0 good, else 1 + index into _CHECKS
     _CHECKS = (
@@ -350,8 +351,10 @@ def decode_batch(messages: list[bytes]) -> tuple[CallBatch, Rejected]:
         "bad_embedding",
         "bad_timestamp",
         "embedding_not_finite",
+        "wrong_type",
     )
     bad[(cache_read + cache_write > input_tokens) | (reasoning > output_tokens)] = 1
+    bad[(bad == 0) & (ts_ms == WRONG_TYPE)] = 6
     bad[(bad == 0) & ((ts_ms < MIN_TS_MS) | (ts_ms >= MAX_TS_MS))] = 2
 
     raw_embedding = _attr(events, "embedding")
@@ -380,14 +383,16 @@ def decode_batch(messages: list[bytes]) -> tuple[CallBatch, Rejected]:
     chunk_offsets = np.zeros(n + 1, dtype=i64)
     np.cumsum(counts, out=chunk_offsets[1:])
     chunks = [c for cl in chunk_lists for c in cl]
-    emb_at = times_ms(_attr(chunks, "embedded_at"))
-    src_at = times_ms(_attr(chunks, "source_updated_at"))  # None → MISSING_TS
+    emb_at = json_times_ms(_attr(chunks, "embedded_at"))
+    src_at = json_times_ms(_attr(chunks, "source_updated_at"))  # null → MISSING_TS
+    chunk_wrong = (emb_at == WRONG_TYPE) | (src_at == WRONG_TYPE)
     chunk_bad = (emb_at < MIN_TS_MS) | (emb_at >= MAX_TS_MS)
     chunk_bad |= (src_at != MISSING_TS) & ((src_at < MIN_TS_MS) | (src_at >= MAX_TS_MS))
     if chunk_bad.any():
         owner = np.repeat(np.arange(n), counts)
-        rows = np.unique(owner[chunk_bad])
-        bad[rows[bad[rows] == 0]] = 4
+        for mask, code in ((chunk_wrong, 6), (chunk_bad, 4)):
+            rows = np.unique(owner[mask])
+            bad[rows[bad[rows] == 0]] = code
 
     routes = _attr(events, "route")
     no_route = None in routes
@@ -454,4 +459,6 @@ def _detail(reason: str, b: CallBatch, i: int) -> str:
         return f"ts={b.ts_ms[i]} ms is outside 2000-01-01..2100-01-01 (or a chunk time is)"
     if reason == "embedding_not_finite":
         return "embedding holds NaN or infinity"
+    if reason == "wrong_type":
+        return "ts or a chunk time is neither an RFC 3339 string nor an integer (epoch ms)"
     return "embedding is not base64 of little-endian float32 (or an empty/odd-length array)"

@@ -11,8 +11,8 @@ else (no offset, bad field ranges, trailing bytes) gives :data:`INVALID`.
 
 from __future__ import annotations
 
-from itertools import repeat
-from operator import is_not
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -23,6 +23,7 @@ from .strbuf import utf8_buffer
 # time is never mistaken for an absent one.
 MISSING = np.iinfo(np.int64).min
 INVALID = MISSING + 1
+WRONG_TYPE = MISSING + 2  # a raw JSON time that is neither a string, an integer nor null
 
 
 @njit
@@ -134,19 +135,48 @@ def parse_rfc3339_ms(texts: list[str]) -> np.ndarray:
     return _parse_many(buf, offsets)
 
 
-def times_ms(values: list[int | str | None]) -> np.ndarray:
-    """Epoch ms (int64[n]) of ints (already epoch ms), RFC 3339 strings and None (→ MISSING)."""
-    try:
-        return parse_rfc3339_ms(values)  # type: ignore[arg-type]  # the common case: all str
-    except TypeError:
-        pass  # ints or None among them
-    n = len(values)
-    arr = np.empty(n, dtype=object)
-    arr[:] = values
-    is_str = np.fromiter(map(isinstance, values, repeat(str)), dtype=bool, count=n)
-    is_int = ~is_str & np.fromiter(map(is_not, values, repeat(None)), dtype=bool, count=n)
-    out = np.full(n, MISSING, dtype=np.int64)
-    if is_str.any():
-        out[is_str] = parse_rfc3339_ms(arr[is_str].tolist())
-    out[is_int] = arr[is_int].astype(np.int64)
+@njit
+def _parse_json_many(buf: np.ndarray, offsets: np.ndarray) -> np.ndarray:  # pragma: no cover
+    out = np.empty(offsets.shape[0] - 1, dtype=np.int64)
+    for i in range(out.shape[0]):
+        a, b = offsets[i], offsets[i + 1]
+        if b - a >= 2 and buf[a] == 34 and buf[b - 1] == 34:  # a JSON string
+            escaped = False
+            for k in range(a + 1, b - 1):
+                if buf[k] == 92:  # a backslash escape has no place in a timestamp
+                    escaped = True
+            out[i] = INVALID if escaped else _parse_one(buf, a + 1, b - 1)
+        elif b - a == 4 and buf[a] == 110 and buf[a + 1] == 117 and buf[a + 2] == 108 \
+                and buf[a + 3] == 108:  # null
+            out[i] = MISSING
+        else:  # a JSON integer (epoch ms); other JSON types are the wrong type
+            k = a + 1 if b > a and buf[a] == 45 else a
+            n = b - k
+            digits = n > 0
+            for j in range(k, b):
+                if buf[j] < 48 or buf[j] > 57:
+                    digits = False
+            if not digits:
+                out[i] = WRONG_TYPE
+            elif n > 18:
+                out[i] = INVALID  # beyond any plausible epoch ms (and int64)
+            else:
+                value = _digits(buf, k, n)
+                out[i] = -value if k > a else value
     return out
+
+
+def json_times_ms(raws: Sequence[Any]) -> np.ndarray:
+    """Epoch ms (int64[n]) of raw JSON values (``msgspec.Raw`` or bytes) holding a time.
+
+    A JSON string is parsed as RFC 3339 (:data:`INVALID` if it is not one), a JSON integer
+    is epoch ms, ``null`` is :data:`MISSING`; any other JSON value (object, float, boolean)
+    is :data:`WRONG_TYPE`.
+    Decoding times as raw JSON lets the decoder skip building a ``str`` or ``int`` per time.
+    """
+    if not raws:
+        return np.zeros(0, dtype=np.int64)
+    offsets = np.zeros(len(raws) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, raws), dtype=np.int64, count=len(raws)), out=offsets[1:])
+    buf = np.frombuffer(b"".join(raws), dtype=np.uint8)
+    return _parse_json_many(buf, offsets)

@@ -109,6 +109,9 @@ BAD = [
     (enc(event(retrieval={"chunks": [{"embedded_at": 1795420000000,
                                       "source_updated_at": "yesterday"}]})), "bad_timestamp"),
     (enc(event(status="weird")), "invalid_value"),
+    (enc(event(ts=True)), "wrong_type"),
+    (enc(event(ts=1.5e12)), "wrong_type"),
+    (enc(event(retrieval={"chunks": [{"embedded_at": [1]}]})), "wrong_type"),
     (enc(event(event_id="x" * 129)), "invalid_value"),
 ]
 

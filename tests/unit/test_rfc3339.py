@@ -7,7 +7,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmops_stream.stream.rfc3339 import INVALID, MISSING, _parse_many, parse_rfc3339_ms, times_ms
+from llmops_stream.stream.rfc3339 import (
+    INVALID,
+    MISSING,
+    WRONG_TYPE,
+    _parse_json_many,
+    _parse_many,
+    json_times_ms,
+    parse_rfc3339_ms,
+)
 
 
 def reference_ms(text: str) -> int:
@@ -59,10 +67,12 @@ def test_rejects(text: str) -> None:
 
 def test_leap_day_and_mixed_ints() -> None:
     assert parse_rfc3339_ms(["2024-02-29T00:00:00Z"])[0] == reference_ms("2024-02-29T00:00:00Z")
-    got = times_ms([5, "1970-01-01T00:00:01.5+00:00", 7, None, "bad"])
-    assert got.tolist() == [5, 1500, 7, MISSING, INVALID]
-    assert times_ms([None]).tolist() == [MISSING]
-    assert times_ms([]).tolist() == []
+    raws = [b"5", b'"1970-01-01T00:00:01.5+00:00"', b"-7", b"null", b'"bad"', b"1.5", b"true",
+            b'{"a":1}', b'"2026-01-01T00:00:00\\u005a"', b"1e3", b"", b"12345678901234567890"]
+    got = json_times_ms(raws)
+    assert got.tolist() == [5, 1500, -7, MISSING, INVALID, WRONG_TYPE, WRONG_TYPE, WRONG_TYPE,
+                            INVALID, WRONG_TYPE, WRONG_TYPE, INVALID]
+    assert json_times_ms([]).tolist() == []
 
 
 def test_non_ascii_neighbours_do_not_shift_offsets() -> None:
@@ -77,3 +87,7 @@ def test_kernel_python_equals_compiled() -> None:
     off = np.cumsum([0] + [len(t) for t in texts]).astype(np.int64)
     buf = np.frombuffer(enc, np.uint8)
     assert _parse_many.py_func(buf, off).tolist() == _parse_many(buf, off).tolist()
+    raws = [b'"2026-11-23T10:00:00.5+05:30"', b"1795428000123", b"null", b"x"]
+    jbuf = np.frombuffer(b"".join(raws), np.uint8)
+    joff = np.cumsum([0] + [len(r) for r in raws]).astype(np.int64)
+    assert _parse_json_many.py_func(jbuf, joff).tolist() == _parse_json_many(jbuf, joff).tolist()
