@@ -207,7 +207,7 @@ class Worker:
                 for tp, recs in batches.items():
                     if tp in self.runs and recs:
                         await self._handle(self.runs[tp], recs)
-                if time.monotonic() - self._last_flush >= self.s.flush_interval_ms / 1000:
+                if self._flush_due():
                     await self.flush()
                 await self._update_lag()
                 self.metrics.maybe_log(partitions=len(self.runs))
@@ -215,6 +215,17 @@ class Worker:
         finally:
             await self._consumer.stop()
             await self._producer.stop()
+
+    def _flush_due(self) -> bool:
+        """Time to cut segments: the interval passed and the previous write is done, or so
+        much is buffered that we must wait for it (memory bound, backpressure)."""
+        if time.monotonic() - self._last_flush < self.s.flush_interval_ms / 1000:
+            return False
+        if self._inflight is None or self._inflight.done():
+            return True
+        # the previous flush is still writing: keep processing into the next segment
+        # rather than wait, unless the buffers grew past the bound
+        return sum(r.sink.rows_buffered for r in self.runs.values()) >= self.s.flush_rows
 
     # ------------------------------------------------------------------ rebalance
     async def on_revoked(self, revoked: list[TopicPartition]) -> None:
