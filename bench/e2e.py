@@ -169,6 +169,12 @@ def main() -> int:
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--rate", type=float, default=50_000.0, help="latency phase rate")
     ap.add_argument("--seconds", type=float, default=20.0, help="latency phase length")
+    ap.add_argument("--tenants", type=int, default=2000, help="tenants in the traffic")
+    ap.add_argument(
+        "--clickhouse", choices=("chdb", "http"), default="chdb",
+        help="chdb: embedded in the worker (its memory counts in the worker's RSS); http: "
+        "the test HTTP front over chDB in another process, so the worker's RSS is its own",
+    )
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="llmops-e2e-"))
@@ -177,18 +183,27 @@ def main() -> int:
     broker = KafkaBroker(data_dir=tmp / "kafka", heap="1g")
     broker.start()
     proc: subprocess.Popen[bytes] | None = None
+    front = None
     try:
+        clickhouse_url = f"chdb://{tmp / 'ch'}"
+        if args.clickhouse == "http":
+            sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+            from chdb_front import FrontProcess  # noqa: PLC0415 - test-only helper
+
+            front = FrontProcess(tmp / "ch", tmp / "front.log").start()
+            clickhouse_url = front.url
         bootstrap = broker.bootstrap_servers
         broker.create_topics({TOPIC: args.partitions})
         t = time.perf_counter()
         produced = asyncio.run(run_loadgen(bootstrap, topic=TOPIC, rate=math.inf,
-                                           n_events=args.events, seed=1, n_tenants=2000,
+                                           n_events=args.events, seed=1,
+                                           n_tenants=args.tenants,
                                            embedding_share=0.0))
         print(f"produced {produced.sent:,} events in {time.perf_counter() - t:.1f} s "
               f"({produced.achieved_rate:,.0f}/s)", flush=True)
 
         prefix = "bench."
-        env = {**os.environ, "LLMOPS_CLICKHOUSE": f"chdb://{tmp / 'ch'}",
+        env = {**os.environ, "LLMOPS_CLICKHOUSE": clickhouse_url,
                "LLMOPS_KAFKA_BOOTSTRAP_SERVERS": bootstrap, "LLMOPS_TOPIC": TOPIC,
                "LLMOPS_GROUP": GROUP, "LLMOPS_OUTPUT_TOPIC_PREFIX": prefix,
                "LLMOPS_PARTITIONS": str(args.partitions), "LLMOPS_BUDGETS": str(budgets),
@@ -228,6 +243,8 @@ def main() -> int:
     finally:
         if proc is not None and proc.poll() is None:
             proc.kill()
+        if front is not None:
+            front.stop()
         broker.stop()
     print(json.dumps({
         "bench": "e2e",
@@ -238,6 +255,8 @@ def main() -> int:
         "rss_mib": round(peak),
         "rss_startup_mib": round(baseline),
         "events": n1,
+        "tenants": args.tenants,
+        "clickhouse": args.clickhouse,
     }))
     return 0
 

@@ -32,7 +32,11 @@ class Settings(BaseSettings):
     eval_set: Path | None = Field(None, description="eval-set JSONL file")
     eval_threshold: float | None = Field(None, description="override the calibrated threshold")
     batch_size: int = Field(20_000, gt=0, description="events per engine micro-batch")
-    flush_rows: int = Field(200_000, gt=0, description="call rows buffered per ClickHouse flush")
+    flush_rows: int = Field(
+        100_000, gt=0,
+        description="rows per replay flush; in the worker, the buffered rows at which a flush "
+        "waits for the previous one (memory bound)",
+    )
     drift_threshold: float = Field(0.15, ge=0, le=1)
     drift_min_count: int = Field(50, ge=1)
     freshness_threshold: float = Field(0.2, ge=0, le=1)

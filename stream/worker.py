@@ -42,6 +42,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from . import memory
 from .engine import Engine, EngineConfig
 from .metrics import WorkerMetrics
 from .outputs import (
@@ -186,6 +187,7 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set, then flush, checkpoint and leave the group."""
         self._stop = stop
+        memory.tune()
         kw = kafka_kwargs(self.s)
         await ensure_topics(self.s)
         await self._new_producer()
@@ -195,7 +197,7 @@ class Worker:
             session_timeout_ms=self.s.kafka_session_timeout_ms,
             heartbeat_interval_ms=max(1000, self.s.kafka_session_timeout_ms // 3),
             max_poll_interval_ms=3_600_000,  # a ClickHouse outage must not expel us
-            fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=8 * 1024 * 1024,
+            fetch_max_bytes=16 * 1024 * 1024, max_partition_fetch_bytes=4 * 1024 * 1024,
         )
         self.consumer.subscribe([self.s.topic], listener=_Listener(self))
         await self.consumer.start()
@@ -393,6 +395,7 @@ class Worker:
             for p in segments:
                 p.run.committed = p.end
             self.metrics.flush.observe(time.perf_counter() - started)
+            memory.trim()
         for p in parts:
             if p.snapshot is not None and p.run.committed == p.end:
                 await self._retry("ClickHouse", partial(
