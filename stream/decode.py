@@ -270,7 +270,7 @@ def _decode_events(
     too_big = np.flatnonzero(sizes > MAX_MESSAGE_BYTES)
     if too_big.size == 0:
         try:
-            return [_DECODER.decode(m) for m in messages], list(range(len(messages)))
+            return list(map(_DECODER.decode, messages)), list(range(len(messages)))
         except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
             pass  # at least one bad message: find it below
     big = set(too_big.tolist())
