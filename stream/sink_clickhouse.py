@@ -6,6 +6,15 @@ writes everything buffered, one insert per table, each with the insert deduplica
 source positions), so writing the same flush twice — a retry, or a replay after a crash —
 stores it once.
 
+The worker flushes on a background thread while the next batch is processed, so a flush
+holds the GIL as little as it can: values held as Python objects (strings, the rare nested
+lists) are read once, by Arrow's converter, and everything after that is Arrow or numpy
+work, which runs without the GIL. ``LowCardinality`` columns go as Arrow dictionaries
+(ClickHouse reads them into its own dictionary), histogram counts in the narrowest integer
+type that holds them (ClickHouse casts them back to the column's type), and the Arrow IPC
+payload goes to clickhouse-connect's ``raw_insert`` as a buffer view, which it writes out
+without copying. What is stored is the same as with plain string and UInt64 columns.
+
 URLs: ``chdb://PATH`` opens the embedded engine (chDB, one path per process; ``~`` is
 expanded, relative paths are relative to the working directory); ``http(s)://host:port``
 speaks to a server. Credentials come from settings and are never logged.
@@ -15,6 +24,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
@@ -98,51 +108,129 @@ def _strings(values: Any) -> pa.Array:
 
 
 def _ms(values: Any) -> pa.Array:
-    return pa.array(np.asarray(values, dtype=np.int64), type=pa.int64()).cast(_TS_MS)
+    return pa.array(np.asarray(values, dtype=np.int64), type=_TS_MS)
 
 
-# Only what Arrow cannot infer from the numpy dtype needs a type here; ClickHouse casts
-# numeric Arrow columns to the table's types on insert.
-_CALL_TYPES: dict[str, Any] = {"ts": _ms}
+# ----------------------------------------------------------------- column encoders
+# An encoder turns one buffered column (the list of chunks added batch by batch) into one
+# Arrow array. Numeric chunks keep their numpy dtype: ClickHouse casts numeric Arrow
+# columns to the table's types on insert.
+Encoder = Callable[[list[Any]], pa.Array]
 
 
-def _arrow(columns: dict[str, list[Any]], types: dict[str, Any]) -> pa.Table:
-    """Concatenate buffered column chunks into one Arrow table.
+def _concat(chunks: list[Any]) -> np.ndarray:
+    return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
 
-    Object columns become strings, numeric ones keep their numpy dtype; ``types`` maps a
-    name to a converter function or an Arrow list type (nested Python lists).
+
+def _plain(chunks: list[Any]) -> pa.Array:
+    """Numeric chunks as their numpy dtype; object chunks (``str``) as a string array."""
+    if chunks[0].dtype == object:
+        return _utf8(chunks)
+    return pa.array(_concat(chunks))
+
+
+def _utf8(chunks: list[Any]) -> pa.Array:
+    """Object chunks of ``str`` as one Arrow string array.
+
+    Reading the values is the one step that needs the GIL, and it is bound by memory
+    latency (the ``str`` objects lie scattered over the heap), so each value is visited
+    once: chunk by chunk by Arrow's converter. Concatenating the object chunks first would
+    touch every object one more time (reference counts); Arrow joins its own chunks
+    without the GIL.
     """
-    arrays = {}
-    for name, chunks in columns.items():
-        kind = types.get(name)
-        if kind == "matrix":  # 2-d numpy chunks → one Array(...) per row
-            mat = np.concatenate(chunks)
-            offsets = np.arange(0, mat.size + 1, max(mat.shape[1], 1), dtype=np.int32)
-            arrays[name] = pa.ListArray.from_arrays(offsets, mat.reshape(-1))
-            continue
-        if isinstance(kind, pa.ListType):
-            arrays[name] = pa.array([x for c in chunks for x in c], type=kind)
-            continue
-        values = np.concatenate(chunks)
-        if callable(kind):
-            arrays[name] = kind(values)
-        elif values.dtype == object:
-            arrays[name] = pa.array(values, type=pa.string())
-        else:
-            arrays[name] = pa.array(values)
-    return pa.table(arrays)
+    arrays = [pa.array(c, type=pa.string()) for c in chunks]
+    return arrays[0] if len(arrays) == 1 else pa.concat_arrays(arrays)
 
 
-_USAGE_TYPES: dict[str, Any] = {
-    "minute": lambda v: pa.array(np.asarray(v, np.int64)).cast(_TS_S),
-    "latency_hist": "matrix",
-    "stale_lag_hist": "matrix",
+def _dictionary(chunks: list[Any]) -> pa.Array:
+    """Low-cardinality strings as a dictionary array.
+
+    Arrow hashes the values' UTF-8 bytes without the GIL, the payload shrinks to one index
+    per row (these strings were half of the call payload's bytes), and ClickHouse reads
+    Arrow's dictionary into its ``LowCardinality`` column.
+    """
+    return _utf8(chunks).dictionary_encode()
+
+
+def _ms_chunks(chunks: list[Any]) -> pa.Array:
+    """Epoch milliseconds → ``DateTime64(3, 'UTC')``."""
+    return pa.array(_concat(chunks).astype(np.int64, copy=False), type=_TS_MS)
+
+
+def _seconds_chunks(chunks: list[Any]) -> pa.Array:
+    """Epoch seconds → ``DateTime('UTC')``."""
+    return pa.array(_concat(chunks).astype(np.int64, copy=False), type=_TS_S)
+
+
+def _counts(chunks: list[Any]) -> pa.Array:
+    """2-d count chunks (one row per table row) → ``Array(UInt64)``, one list per row.
+
+    The counts go in the narrowest unsigned type that holds the largest of them: histogram
+    bins are mostly zero and small, and at 8 bytes each they were most of the usage
+    payload. ClickHouse casts the lists back to ``Array(UInt64)``, so the stored values are
+    the same.
+    """
+    top = max((int(c.max()) for c in chunks if c.size), default=0)
+    mat = np.concatenate(chunks, dtype=np.min_scalar_type(top), casting="unsafe")
+    offsets = np.arange(0, mat.size + 1, max(mat.shape[1], 1), dtype=np.int32)
+    return pa.ListArray.from_arrays(offsets, mat.reshape(-1))
+
+
+def _lists(kind: pa.DataType) -> Encoder:
+    """Chunks of Python lists (e.g. embeddings) → a list array of ``kind``."""
+
+    def encode(chunks: list[Any]) -> pa.Array:
+        return pa.array([x for c in chunks for x in c], type=kind)
+
+    return encode
+
+
+def _table(columns: dict[str, list[Any]], encoders: dict[str, Encoder]) -> pa.Table:
+    """One Arrow table of buffered columns; columns without an encoder are :func:`_plain`."""
+    return pa.table({name: encoders.get(name, _plain)(chunks) for name, chunks in columns.items()})
+
+
+def _with_dictionaries(names: tuple[str, ...], **others: Encoder) -> dict[str, Encoder]:
+    return {**dict.fromkeys(names, _dictionary), **others}
+
+
+# Encoders by table. Every LowCardinality(String) column of schemas/clickhouse.sql goes as
+# a dictionary, and only those (a unit test keeps this in step with the schema).
+ENCODERS: dict[str, dict[str, Encoder]] = {
+    "llm_calls": _with_dictionaries(
+        ("tenant_id", "app", "provider", "model", "served_model", "prompt_id",
+         "prompt_version", "status", "route_tier", "embedding_model", "eval_set_version",
+         "index_version", "source"),
+        ts=_ms_chunks,
+    ),
+    "llm_usage_1m": _with_dictionaries(
+        ("tenant_id", "app", "model", "prompt_version", "index_version"),
+        minute=_seconds_chunks,
+        latency_hist=_counts,
+        stale_lag_hist=_counts,
+    ),
+    "llm_rejected": _with_dictionaries(("reason", "source")),
+    "llm_eval_candidates": _with_dictionaries(
+        ("tenant_id", "app", "embedding_model", "eval_set_version"),
+        ts=_ms_chunks,
+        embedding=_lists(pa.list_(pa.float32())),
+    ),
 }
-_REJECTED_TYPES: dict[str, Any] = {}
-_CANDIDATE_TYPES: dict[str, Any] = {
-    "ts": _ms,
-    "embedding": pa.list_(pa.float32()),
-}
+
+
+def arrow_payload(tbl: pa.Table, compression: str | None = None) -> memoryview:
+    """``tbl`` in the Arrow IPC file format (ClickHouse's ``Arrow``), as a view of the buffer.
+
+    A view rather than the pyarrow buffer itself: clickhouse-connect's chDB backend writes a
+    bytes-like block to its input file as it is, but first copies a pyarrow buffer into a
+    ``bytes`` object, holding the GIL (over HTTP, either is sent as it is). Arrow writes the
+    IPC data without the GIL.
+    """
+    options = pa.ipc.IpcWriteOptions(compression=compression) if compression else None
+    out = pa.BufferOutputStream()
+    with pa.ipc.new_file(out, tbl.schema, options=options) as writer:
+        writer.write_table(tbl)
+    return memoryview(out.getvalue())
 
 
 @dataclass
@@ -189,29 +277,24 @@ class ClickHouseSink:
         written: dict[str, int] = {}
         ingested = now_ms()
         if self._calls and sum(len(c) for c in self._calls["event_id"]):
-            tbl = _arrow(self._calls, _CALL_TYPES)
-            tbl = tbl.append_column(
-                "ingested_at", pa.array(np.full(tbl.num_rows, ingested, np.int64)).cast(_TS_MS)
-            )
+            tbl = _table(self._calls, ENCODERS["llm_calls"])
+            tbl = tbl.append_column("ingested_at", _ms(np.full(tbl.num_rows, ingested)))
             written["llm_calls"] = self._insert("llm_calls", tbl, token)
         if self._usage and sum(len(c) for c in self._usage["minute"]):
             written["llm_usage_1m"] = self._insert(
-                "llm_usage_1m", _arrow(self._usage, _USAGE_TYPES), token
+                "llm_usage_1m", _table(self._usage, ENCODERS["llm_usage_1m"]), token
             )
         if self._rejected and sum(len(c) for c in self._rejected["reason"]):
             # the buffer stays intact until every insert succeeded: a failed flush is retried
             raw = [bytes(x) for c in self._rejected["raw"] for x in c]
-            tbl = _arrow({k: v for k, v in self._rejected.items() if k != "raw"},
-                         _REJECTED_TYPES)
+            tbl = _table({k: v for k, v in self._rejected.items() if k != "raw"},
+                         ENCODERS["llm_rejected"])
             tbl = tbl.append_column("raw", pa.array(raw, type=pa.binary()))
-            tbl = tbl.append_column(
-                "received_at", pa.array(np.full(tbl.num_rows, ingested, np.int64)).cast(_TS_MS)
-            )
+            tbl = tbl.append_column("received_at", _ms(np.full(tbl.num_rows, ingested)))
             written["llm_rejected"] = self._insert("llm_rejected", tbl, token)
         if self._candidates and sum(len(c) for c in self._candidates["event_id"]):
-            written["llm_eval_candidates"] = self._insert(
-                "llm_eval_candidates", _arrow(self._candidates, _CANDIDATE_TYPES), token
-            )
+            tbl = _table(self._candidates, ENCODERS["llm_eval_candidates"])
+            written["llm_eval_candidates"] = self._insert("llm_eval_candidates", tbl, token)
         if self._alerts:
             written["llm_alerts"] = self._insert("llm_alerts", alerts_table(self._alerts), token)
         if self._states and sum(len(c) for c in self._states["tenant_id"]):
@@ -225,10 +308,17 @@ class ClickHouseSink:
         return written
 
     def _insert(self, table: str, tbl: pa.Table, token: str) -> int:
-        self.client.insert_arrow(
+        # insert_arrow's request, with the payload as a view (see arrow_payload) and the
+        # IPC compression insert_arrow picks for this client (none for chDB)
+        compression = getattr(self.client, "write_compression", None)
+        if compression not in ("lz4", "zstd"):
+            compression = None
+        self.client.raw_insert(
             f"{self.database}.{table}",
-            tbl,
+            column_names=tbl.column_names,
+            insert_block=arrow_payload(tbl, compression),
             settings={"insert_deduplication_token": f"{token}:{table}"},
+            fmt="Arrow",
         )
         return int(tbl.num_rows)
 

@@ -167,15 +167,22 @@ class OutageBefore:
         self.client, self.front, self.table = client, front, table
         self.outages = 0
 
-    def insert_arrow(self, table: str, *args: Any, **kwargs: Any) -> Any:
+    def _insert(self, method: str, table: str, *args: Any, **kwargs: Any) -> Any:
+        insert = getattr(self.client, method)
         if self.outages == 0 and table.endswith("." + self.table):
             self.outages += 1
             self.front.pause()
             try:
-                return self.client.insert_arrow(table, *args, **kwargs)
+                return insert(table, *args, **kwargs)
             finally:
                 self.front.resume()
-        return self.client.insert_arrow(table, *args, **kwargs)
+        return insert(table, *args, **kwargs)
+
+    def insert_arrow(self, table: str, *args: Any, **kwargs: Any) -> Any:
+        return self._insert("insert_arrow", table, *args, **kwargs)
+
+    def raw_insert(self, table: str, *args: Any, **kwargs: Any) -> Any:  # the sink's path
+        return self._insert("raw_insert", table, *args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.client, name)
