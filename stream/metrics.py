@@ -47,6 +47,7 @@ class WorkerMetrics:
         self._window_start = time.monotonic()
         self._window_events = 0
         self._lags: dict[int, int] = {}
+        self._flush_times: list[float] = []
 
     def serve(self, host: str, port: int) -> None:
         """Start the ``/metrics`` HTTP server (a daemon thread); port 0 = off."""
@@ -68,6 +69,11 @@ class WorkerMetrics:
         for t in types:
             self.alerts.labels(t).inc()
 
+    def record_flush(self, seconds: float) -> None:
+        """One flush (ClickHouse writes + Kafka commit) took ``seconds``."""
+        self.flush.observe(seconds)
+        self._flush_times.append(seconds)
+
     def set_lag(self, partition: int, lag: int) -> None:
         self._lags[partition] = lag
         self.lag.labels(str(partition)).set(lag)
@@ -82,6 +88,7 @@ class WorkerMetrics:
         self.rate.set(rate)
         self._window_start, self._window_events = now, 0
         dlq = {k.split(":", 1)[1]: v for k, v in self.totals.items() if k.startswith("rejected:")}
+        flushes, self._flush_times = self._flush_times, []
         log.info({
             "event": "worker_health",
             "events_per_s": round(rate, 1),
@@ -90,5 +97,8 @@ class WorkerMetrics:
             "dlq_total": self.totals.get("rejected", 0),
             "dlq_by_reason": dlq,
             "lag": sum(self._lags.values()),
+            "flushes": len(flushes),
+            "flush_s_avg": round(sum(flushes) / len(flushes), 3) if flushes else None,
+            "flush_s_max": round(max(flushes), 3) if flushes else None,
             **extra,
         })

@@ -28,6 +28,7 @@ import base64
 import contextlib
 import inspect
 import logging
+import sys
 import time
 from bisect import bisect_left
 from collections.abc import Callable
@@ -75,6 +76,9 @@ class PartitionRun:
     forced_end: int | None  # a segment started before a crash must end exactly here
     sink: ClickHouseSink
     records: list[Record] = field(default_factory=list)
+    # budget-state columns of every batch since the last flush; turned into one compacted
+    # record per tenant at the flush (a tenant touched by many batches is published once)
+    states: list[dict[str, np.ndarray]] = field(default_factory=list)
     alert_types: list[str] = field(default_factory=list)
     checkpointed: int = -1
 
@@ -188,6 +192,10 @@ class Worker:
         """Consume until ``stop`` is set, then flush, checkpoint and leave the group."""
         self._stop = stop
         memory.tune()
+        # The flush thread (Arrow building, chDB) takes the GIL back many times per flush;
+        # at the default 5 ms switch interval each take waits behind the engine, stretching
+        # a flush (and so alert latency) to seconds. 0.5 ms keeps it in step.
+        sys.setswitchinterval(0.0005)
         kw = kafka_kwargs(self.s)
         await ensure_topics(self.s)
         await self._new_producer()
@@ -198,6 +206,10 @@ class Worker:
             heartbeat_interval_ms=max(1000, self.s.kafka_session_timeout_ms // 3),
             max_poll_interval_ms=3_600_000,  # a ClickHouse outage must not expel us
             fetch_max_bytes=16 * 1024 * 1024, max_partition_fetch_bytes=4 * 1024 * 1024,
+            # let the broker gather ~1 MB (or 100 ms) per fetch: a batch has a fixed cost
+            # in the engine, and a trickle of tiny batches when caught up would waste the
+            # core that alert latency depends on
+            fetch_min_bytes=1024 * 1024, fetch_max_wait_ms=100,
         )
         self.consumer.subscribe([self.s.topic], listener=_Listener(self))
         await self.consumer.start()
@@ -332,7 +344,7 @@ class Worker:
         prefix = self.s.output_topic_prefix
         run.records += alert_records(out.alerts, prefix)
         run.records += dlq_records(out.rejected, run.tp.topic, prefix)
-        run.records += budget_state_records(out.budget_states, prefix)
+        run.states.append(out.budget_states)
         run.records += candidate_records(out.candidates, prefix)
         run.alert_types += [a.type for a in out.alerts]
 
@@ -363,19 +375,27 @@ class Worker:
                     continue
                 parts.append(_Part(
                     run=run, start=run.seg_start, end=run.next_offset,
-                    sink=run.sink if ready else None, records=run.records if ready else [],
+                    sink=run.sink if ready else None,
+                    records=run.records + self._state_records(run) if ready else [],
                     alert_types=run.alert_types if ready else [],
                     # the state as of `end`, i.e. after everything this flush commits
                     snapshot=run.engine.snapshot() if due else None,
                 ))
                 if ready:
                     run.sink = ClickHouseSink(self.client, self.db)
-                    run.records, run.alert_types = [], []
+                    run.records, run.alert_types, run.states = [], [], []
                     run.seg_start, run.forced_end = run.next_offset, None
             if parts:
                 self._inflight = asyncio.create_task(self._write(parts))
             if wait:
                 await self._await_inflight()
+
+    def _state_records(self, run: PartitionRun) -> list[Record]:
+        """The latest budget state of every tenant the segment touched, one record each."""
+        if not run.states:
+            return []
+        columns = {k: np.concatenate([s[k] for s in run.states]) for k in run.states[0]}
+        return budget_state_records(columns, self.s.output_topic_prefix)
 
     async def _await_inflight(self) -> None:
         if self._inflight is not None:
@@ -394,7 +414,7 @@ class Worker:
             await self._retry("Kafka", partial(self._commit, segments), clickhouse=False)
             for p in segments:
                 p.run.committed = p.end
-            self.metrics.flush.observe(time.perf_counter() - started)
+            self.metrics.record_flush(time.perf_counter() - started)
             memory.trim()
         for p in parts:
             if p.snapshot is not None and p.run.committed == p.end:
