@@ -232,7 +232,14 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 
     settings = _settings(args)
     logging.getLogger("llmops_stream").setLevel(logging.INFO)
-    config = build_engine_config(settings)  # files validated before joining the group
+    from .evalset import EvalSetWatcher  # noqa: PLC0415
+
+    # files validated before joining the group; the eval set is watched for hot reload
+    watcher = (
+        EvalSetWatcher(settings.eval_set, threshold=settings.eval_threshold)
+        if settings.eval_set else None
+    )
+    config = build_engine_config(settings, watcher.current if watcher else None)
     client = _connect(settings)
     metrics = WorkerMetrics()
     try:
@@ -249,7 +256,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         # partitions share one config: prices, budgets and eval sets are read-only to them
-        worker = Worker(settings, lambda: config, client, metrics=metrics)
+        worker = Worker(settings, lambda: config, client, metrics=metrics, eval_watcher=watcher)
         await worker.run(stop)
 
     from aiokafka.errors import KafkaConnectionError  # noqa: PLC0415

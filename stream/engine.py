@@ -91,13 +91,19 @@ class Engine:
             threshold=config.freshness.stale_share_threshold,
             min_count=config.freshness.min_count,
             lateness_ms=config.lateness_ms,
+            lag_quantiles=True,  # alerts carry p50/p90/p99 of ts − source_updated_at
         )
         self.set_eval_sets(config.eval_sets)
 
     def set_eval_sets(self, eval_sets: dict[str, EvalSet]) -> None:
-        """(Re)load the eval sets, keyed by embedding model (hot reload)."""
+        """(Re)load the eval sets, keyed by embedding model (hot reload); a scorer whose
+        eval set is unchanged is kept (an hnswlib index is costly to build)."""
         self.config.eval_sets = eval_sets
-        self.scorers = {model: DriftScorer(es) for model, es in eval_sets.items()}
+        old = self.scorers
+        self.scorers = {
+            model: old[model] if model in old and old[model].evalset is es else DriftScorer(es)
+            for model, es in eval_sets.items()
+        }
 
     # ------------------------------------------------------------------ processing
     def process(
@@ -148,7 +154,8 @@ class Engine:
         stats["retrieval"], stats["stale"] = int(st.retrieval.sum()), int(st.stale_query.sum())
 
         self.drift_windows.add(b.tenant_id, b.app, b.ts_ms, uncovered, scored)
-        self.fresh_windows.add(b.tenant_id, b.app, b.ts_ms, st.stale_query, st.retrieval)
+        self.fresh_windows.add(b.tenant_id, b.app, b.ts_ms, st.stale_query, st.retrieval,
+                               lag_ms=st.lag_ms, lag_event=st.lag_event)
         alerts = list(budget.alerts)
         alerts += self.drift_windows.close(self.drift_windows.watermark)
         alerts += self.fresh_windows.close(self.fresh_windows.watermark)

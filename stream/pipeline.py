@@ -20,7 +20,7 @@ import numpy as np
 
 from .budgets import BudgetConfig, load_budgets
 from .engine import Engine, EngineConfig
-from .evalset import load_eval_sets
+from .evalset import EvalSet, load_eval_sets
 from .freshness import FreshnessConfig
 from .pricing import PriceTable, load_price_overrides
 from .settings import Settings
@@ -32,15 +32,19 @@ def build_engine(settings: Settings) -> Engine:
     return Engine(build_engine_config(settings))
 
 
-def build_engine_config(settings: Settings) -> EngineConfig:
-    """The :class:`EngineConfig` for settings (price, budget and eval-set files loaded)."""
+def build_engine_config(
+    settings: Settings, eval_sets: dict[str, EvalSet] | None = None
+) -> EngineConfig:
+    """The :class:`EngineConfig` for settings (price, budget and eval-set files loaded;
+    ``eval_sets`` given: already loaded, e.g. by an :class:`EvalSetWatcher`)."""
     overrides = load_price_overrides(settings.prices) if settings.prices else None
     budgets = load_budgets(settings.budgets) if settings.budgets else BudgetConfig()
-    eval_sets = (
-        load_eval_sets(settings.eval_set, threshold=settings.eval_threshold)
-        if settings.eval_set
-        else {}
-    )
+    if eval_sets is None:
+        eval_sets = (
+            load_eval_sets(settings.eval_set, threshold=settings.eval_threshold)
+            if settings.eval_set
+            else {}
+        )
     return EngineConfig(
         prices=PriceTable(overrides),
         budgets=budgets,

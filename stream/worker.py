@@ -45,6 +45,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 from . import memory
 from .engine import Engine, EngineConfig
+from .evalset import EvalSetWatcher
 from .metrics import WorkerMetrics
 from .outputs import (
     Record,
@@ -156,6 +157,7 @@ class Worker:
         client: Any,
         *,
         metrics: WorkerMetrics | None = None,
+        eval_watcher: EvalSetWatcher | None = None,
     ) -> None:
         self.s = settings
         self.engine_config = engine_config
@@ -170,6 +172,8 @@ class Worker:
         self._last_checkpoint = time.monotonic()
         self._producer_broken = False
         self._flush_lock = asyncio.Lock()
+        self._watcher = eval_watcher
+        self._last_reload_check = time.monotonic()
         self._inflight: asyncio.Task[None] | None = None
         # every ClickHouse call runs on this one thread: chDB serves one caller at a time,
         # and the engine keeps processing meanwhile
@@ -223,12 +227,25 @@ class Worker:
                         await self._handle(self.runs[tp], recs)
                 if self._flush_due():
                     await self.flush()
+                    self._reload_eval_sets()
                 await self._update_lag()
                 self.metrics.maybe_log(partitions=len(self.runs))
             await self.flush(wait=True, checkpoint=True)
         finally:
             await self._consumer.stop()
             await self._producer.stop()
+
+    def _reload_eval_sets(self) -> None:
+        """Hot reload: a changed eval-set file (content hash) replaces the sets of every
+        partition's engine; a broken new file keeps the old sets (the watcher logs it)."""
+        if self._watcher is None or time.monotonic() - self._last_reload_check < 5.0:
+            return
+        self._last_reload_check = time.monotonic()
+        if self._watcher.maybe_reload():
+            for run in self.runs.values():
+                run.engine.set_eval_sets(self._watcher.current)
+            log.info({"event": "eval_sets_reloaded",
+                      "versions": {m: es.version for m, es in self._watcher.current.items()}})
 
     def _flush_due(self) -> bool:
         """Time to cut segments: the interval passed and the previous write is done, or so

@@ -29,6 +29,7 @@ from llmops_stream.stream.budgets import BudgetConfig
 from llmops_stream.stream.engine import Engine, EngineConfig
 from llmops_stream.stream.kafka_broker import KafkaBroker
 from llmops_stream.stream.pricing import PriceTable
+from llmops_stream.stream.synth import SynthConfig, generate_bad_events, generate_events
 
 PARTITIONS = 4
 BUDGETS: dict[str, Any] = {
@@ -137,6 +138,19 @@ def tenant_key(raw: bytes) -> bytes:
         return str(orjson.loads(raw).get("tenant_id", "")).encode()
     except (orjson.JSONDecodeError, AttributeError):
         return b""
+
+
+def traffic(n_events: int, *, seed: int, n_tenants: int, rate_per_s: float, bad_seed: int,
+            max_bad_bytes: int, spacing: int) -> tuple[list[bytes], list[bytes], list[bytes]]:
+    """Synthetic events (no embeddings), the bad events, and both interleaved (every
+    ``spacing``-th position modulo the length) as they are produced."""
+    events = list(generate_events(SynthConfig(n_events=n_events, seed=seed, n_tenants=n_tenants,
+                                              embedding_share=0.0, rate_per_s=rate_per_s)))
+    bad = [raw for raw, _ in generate_bad_events(seed=bad_seed) if len(raw) < max_bad_bytes]
+    stream = list(events)
+    for i, raw in enumerate(bad):
+        stream.insert((i * spacing) % len(stream), raw)
+    return events, bad, stream
 
 
 async def produce(bootstrap: str, topic: str, events: list[bytes]) -> None:

@@ -32,12 +32,13 @@ from workers import (
     published_alert_ids,
     read_all,
     reference_budget_alerts,
+    traffic,
     wait_caught_up,
     wait_members,
 )
 
 from llmops_stream.stream.kafka_broker import KafkaBroker
-from llmops_stream.stream.synth import SynthConfig, generate_bad_events, generate_events
+from llmops_stream.stream.synth import SynthConfig, generate_events
 
 pytestmark = pytest.mark.integration
 
@@ -57,12 +58,8 @@ def test_clickhouse_outage_backpressure_then_catch_up(
     bootstrap = kafka_broker.bootstrap_servers
     topic, group, prefix = unique_name("calls"), unique_name("g"), unique_name("out") + "."
     kafka_broker.create_topics({topic: PARTITIONS})
-    events = list(generate_events(SynthConfig(n_events=30_000, seed=41, n_tenants=10,
-                                              embedding_share=0.0, rate_per_s=1.0)))
-    bad = [raw for raw, _ in generate_bad_events(seed=5) if len(raw) < 100_000]
-    stream = list(events)
-    for i, raw in enumerate(bad):
-        stream.insert((i * 1009) % len(stream), raw)
+    events, bad, stream = traffic(30_000, seed=41, n_tenants=10, rate_per_s=1.0,
+                                  bad_seed=5, max_bad_bytes=100_000, spacing=1009)
 
     with FrontProcess(tmp_path / "ch", tmp_path / "front.log") as front:
         workers = Workers(kafka_broker, tmp_path, topic, group, prefix,

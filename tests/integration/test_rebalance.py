@@ -32,12 +32,12 @@ from workers import (
     published_alert_ids,
     read_all,
     reference_budget_alerts,
+    traffic,
     wait_caught_up,
     wait_stable,
 )
 
 from llmops_stream.stream.kafka_broker import KafkaBroker
-from llmops_stream.stream.synth import SynthConfig, generate_bad_events, generate_events
 
 pytestmark = pytest.mark.integration
 
@@ -95,12 +95,8 @@ def test_kill_one_of_two_workers_state_follows_partitions(
     bootstrap = kafka_broker.bootstrap_servers
     topic, group, prefix = unique_name("calls"), unique_name("g"), unique_name("out") + "."
     kafka_broker.create_topics({topic: PARTITIONS})
-    events = list(generate_events(SynthConfig(n_events=40_000, seed=31, n_tenants=12,
-                                              embedding_share=0.0, rate_per_s=1.0)))
-    bad = [raw for raw, _ in generate_bad_events(seed=4) if len(raw) < 100_000]
-    stream = list(events)
-    for i, raw in enumerate(bad):
-        stream.insert((i * 997) % len(stream), raw)
+    events, bad, stream = traffic(40_000, seed=31, n_tenants=12, rate_per_s=1.0,
+                                  bad_seed=4, max_bad_bytes=100_000, spacing=997)
 
     with FrontProcess(tmp_path / "ch", tmp_path / "front.log") as front:
         host, port = front.url.removeprefix("http://").split(":")

@@ -24,11 +24,11 @@ from workers import (
     produce,
     read_all,
     reference_budget_alerts,
+    traffic,
     wait_caught_up,
 )
 
 from llmops_stream.stream.kafka_broker import KafkaBroker
-from llmops_stream.stream.synth import SynthConfig, generate_bad_events, generate_events
 
 pytestmark = pytest.mark.integration
 
@@ -38,12 +38,8 @@ def test_kill_9_three_times_totals_exact_alerts_once(
 ) -> None:
     topic, group, prefix = unique_name("calls"), unique_name("g"), unique_name("out") + "."
     kafka_broker.create_topics({topic: PARTITIONS})
-    events = list(generate_events(SynthConfig(n_events=200_000, seed=21, n_tenants=15,
-                                              embedding_share=0.0, rate_per_s=20.0)))
-    bad = [raw for raw, _ in generate_bad_events(seed=2) if len(raw) < 900_000]
-    stream = list(events)
-    for i, raw in enumerate(bad):
-        stream.insert((i * 3989) % len(stream), raw)
+    events, bad, stream = traffic(200_000, seed=21, n_tenants=15, rate_per_s=20.0,
+                                  bad_seed=2, max_bad_bytes=900_000, spacing=3989)
     asyncio.run(produce(kafka_broker.bootstrap_servers, topic, stream))
 
     workers = Workers(kafka_broker, tmp_path, topic, group, prefix)
