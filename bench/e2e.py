@@ -35,10 +35,13 @@ from typing import Any
 import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from llmops_stream.stream.kafka_broker import KafkaBroker
 from llmops_stream.stream.loadgen import run_loadgen
+
+# the Kafka read-back helpers and the chDB HTTP front of the test suite
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from workers import committed_offsets, end_offsets  # noqa: E402
 
 GROUP = "bench-e2e"
 TOPIC = "bench.llm.calls"
@@ -55,29 +58,6 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-async def committed_total(bootstrap: str, partitions: int) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(GROUP)
-        return sum(
-            offsets[tp].offset for tp in (TopicPartition(TOPIC, p) for p in range(partitions))
-            if tp in offsets and offsets[tp].offset >= 0
-        )
-    finally:
-        await admin.close()
-
-
-async def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        return {tp.partition: off for tp, off in (await consumer.end_offsets(tps)).items()}
-    finally:
-        await consumer.stop()
 
 
 def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -187,7 +167,6 @@ def main() -> int:
     try:
         clickhouse_url = f"chdb://{tmp / 'ch'}"
         if args.clickhouse == "http":
-            sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
             from chdb_front import FrontProcess  # noqa: PLC0415 - test-only helper
 
             front = FrontProcess(tmp / "ch", tmp / "front.log").start()
@@ -216,7 +195,7 @@ def main() -> int:
         samples: list[tuple[float, int]] = []
         deadline = time.monotonic() + 3600
         while time.monotonic() < deadline:
-            done = asyncio.run(committed_total(bootstrap, args.partitions))
+            done = sum(asyncio.run(committed_offsets(bootstrap, GROUP, TOPIC)).values())
             samples.append((time.monotonic(), done))
             peak = max(peak, rss_mib(proc.pid))
             if done >= produced.sent:

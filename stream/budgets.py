@@ -39,6 +39,7 @@ from typing import Any, Literal
 import msgspec
 import numpy as np
 import numpy.typing as npt
+import pandas as pd
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -473,6 +474,14 @@ class BudgetResult:
         """:attr:`states` as columns (one array per field, same order), built without a
         Python object per state: for sinks that write arrays (ClickHouse, state topic)."""
         return self._builder.columns(self._rows)
+
+
+def latest_states(states: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Keep the last row of each (tenant, budget) of concatenated state columns (as made
+    by :meth:`BudgetTracker.state_columns` over several batches)."""
+    keys = pd.MultiIndex.from_arrays([states["tenant_id"], states["budget_id"]])
+    keep = ~keys.duplicated(keep="last")
+    return {k: v[keep] for k, v in states.items()}
 
 
 # --------------------------------------------------------------------------- kernels

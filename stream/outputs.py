@@ -20,9 +20,9 @@ from typing import Any, NamedTuple
 import msgspec
 import numpy as np
 import orjson
-import pandas as pd
 
 from .alerts import Alert
+from .budgets import latest_states
 from .timeutil import ms_to_iso
 
 DLQ = "llm.calls.dlq"
@@ -93,32 +93,31 @@ def budget_state_records(states: dict[str, np.ndarray], prefix: str = "") -> lis
     """
     if not len(states.get("tenant_id", ())):
         return []
-    keys = pd.MultiIndex.from_arrays([states["tenant_id"], states["budget_id"]])
-    keep = np.flatnonzero(~keys.duplicated(keep="last"))
-    order = keep[np.argsort(states["tenant_id"][keep], kind="stable")]
-    as_of, start = _iso(states["as_of_ms"][order]), _iso(states["period_start_ms"][order])
-    rank = np.vectorize(_STATUS_ORDER.__getitem__, otypes=[np.int64])(states["status"][order])
-    sorted_tenants = states["tenant_id"][order]
-    bounds = np.flatnonzero(np.r_[True, sorted_tenants[1:] != sorted_tenants[:-1]])
+    latest = latest_states(states)
+    order = np.argsort(latest["tenant_id"], kind="stable")
+    st = {k: v[order] for k, v in latest.items()}
+    as_of, start = _iso(st["as_of_ms"]), _iso(st["period_start_ms"])
+    rank = np.vectorize(_STATUS_ORDER.__getitem__, otypes=[np.int64])(st["status"])
+    tenants = st["tenant_id"]
+    bounds = np.flatnonzero(np.r_[True, tenants[1:] != tenants[:-1]])
     out = []
-    for lo, hi in zip(bounds, np.r_[bounds[1:], len(order)], strict=True):
-        rows = order[lo:hi]
+    for lo, hi in zip(bounds, np.r_[bounds[1:], len(tenants)], strict=True):
         value = {
-            "tenant_id": states["tenant_id"][rows[0]],
+            "tenant_id": tenants[lo],
             "status": STATUSES[int(rank[lo:hi].max())],
             "as_of": max(as_of[lo:hi]),
             "budgets": [
                 {
-                    "budget_id": states["budget_id"][r],
-                    "window": states["window"][r],
-                    "limit_usd": float(states["limit_usd"][r]),
-                    "spend_usd": float(states["spend_usd"][r]),
-                    "remaining_usd": float(states["remaining_usd"][r]),
-                    "status": states["status"][r],
-                    "as_of": as_of[lo + j],
-                    "period_start": start[lo + j],
+                    "budget_id": st["budget_id"][r],
+                    "window": st["window"][r],
+                    "limit_usd": float(st["limit_usd"][r]),
+                    "spend_usd": float(st["spend_usd"][r]),
+                    "remaining_usd": float(st["remaining_usd"][r]),
+                    "status": st["status"][r],
+                    "as_of": as_of[r],
+                    "period_start": start[r],
                 }
-                for j, r in enumerate(rows)
+                for r in range(lo, hi)
             ],
         }
         out.append(Record(prefix + BUDGET_STATE, value["tenant_id"].encode(),

@@ -83,13 +83,3 @@ def budget_states(client: Any, database: str) -> list[tuple[Any, ...]]:
                FROM {database}.llm_budget_state FINAL ORDER BY tenant_id, budget_id"""
         ).result_rows
     )
-
-
-def rejected_by_reason(client: Any, database: str) -> dict[str, int]:
-    """Rejected events per reason code."""
-    return {
-        reason: int(n)
-        for reason, n in client.query(
-            f"SELECT reason, count() FROM {database}.llm_rejected GROUP BY reason ORDER BY reason"
-        ).result_rows
-    }

@@ -31,12 +31,12 @@ from urllib.parse import urlparse
 
 import msgspec
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 
 from llmops_stream.schemas import read_text
 
 from .alerts import Alert
+from .budgets import latest_states
 from .engine import BatchOutput
 from .errors import ConfigError
 from .timeutil import iso_to_ms, now_ms
@@ -348,13 +348,6 @@ def alerts_table(alerts: list[Alert]) -> pa.Table:
             "details": _strings([msgspec.json.encode(a.details).decode() for a in alerts]),
         }
     )
-
-
-def latest_states(states: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Keep the last row of each (tenant, budget) of concatenated state columns."""
-    keys = pd.MultiIndex.from_arrays([states["tenant_id"], states["budget_id"]])
-    keep = ~keys.duplicated(keep="last")
-    return {k: v[keep] for k, v in states.items()}
 
 
 def states_table(states: dict[str, np.ndarray]) -> pa.Table:

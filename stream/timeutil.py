@@ -24,15 +24,3 @@ def iso_to_ms(text: str) -> int:
 def now_ms() -> int:
     """Wall-clock now in epoch milliseconds (only for ``emitted_at``-style fields)."""
     return int(datetime.now(tz=UTC).timestamp() * 1000)
-
-
-def month_index(ms: int) -> int:
-    """Calendar month (UTC) of an epoch-ms instant as ``year*12 + month-1``."""
-    dt = datetime.fromtimestamp(ms / 1000.0, tz=UTC)
-    return dt.year * 12 + dt.month - 1
-
-
-def month_start_ms(index: int) -> int:
-    """Epoch ms of the first instant of calendar month ``index`` (see :func:`month_index`)."""
-    year, month0 = divmod(index, 12)
-    return int(datetime(year, month0 + 1, 1, tzinfo=UTC).timestamp() * 1000)

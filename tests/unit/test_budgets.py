@@ -25,7 +25,6 @@ from llmops_stream.stream.budgets import (
     parse_budgets,
 )
 from llmops_stream.stream.errors import ConfigError
-from llmops_stream.stream.timeutil import month_index, month_start_ms
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from reference_budgets import ReferenceBudgets  # noqa: E402
@@ -33,6 +32,18 @@ from reference_budgets import ReferenceBudgets  # noqa: E402
 MIN = 60_000
 HOUR = 3_600_000
 DAY = 86_400_000
+
+
+def month_index(ms: int) -> int:
+    """Calendar month (UTC) of an epoch-ms instant as ``year*12 + month-1`` (reference)."""
+    dt = datetime.fromtimestamp(ms / 1000.0, tz=UTC)
+    return dt.year * 12 + dt.month - 1
+
+
+def month_start_ms(index: int) -> int:
+    """Epoch ms of the first instant of calendar month ``index`` (reference)."""
+    year, month0 = divmod(index, 12)
+    return int(datetime(year, month0 + 1, 1, tzinfo=UTC).timestamp() * 1000)
 
 
 def ms(text: str) -> int:
