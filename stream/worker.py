@@ -222,9 +222,7 @@ class Worker:
                 batches = await self.consumer.getmany(
                     timeout_ms=min(100, self.s.flush_interval_ms), max_records=self.s.batch_size
                 )
-                for tp, recs in batches.items():
-                    if tp in self.runs and recs:
-                        await self._handle(self.runs[tp], recs)
+                await self._dispatch(batches, {tp: self.runs.get(tp) for tp in batches})
                 if self._flush_due():
                     await self.flush()
                     self._reload_eval_sets()
@@ -322,6 +320,22 @@ class Worker:
         return rows[0][0] if rows else None
 
     # ------------------------------------------------------------------ processing
+    async def _dispatch(self, batches: dict[TopicPartition, list[Any]],
+                        fetched_for: dict[TopicPartition, PartitionRun | None]) -> None:
+        """Hand each partition's records to the run that owned it when they were fetched.
+
+        aiokafka runs the rebalance callbacks concurrently with this loop (it marks the new
+        assignment active *before* ``on_assigned`` returns), so a fetch can return records
+        of a partition whose run does not exist yet, or whose run is replaced while an
+        earlier partition's flush is awaited. Such records were read from a position the
+        new run's ``seek`` has since reset: processing them would skip the offsets between
+        its start and theirs. They are dropped; the run fetches again from its own position.
+        """
+        for tp, recs in batches.items():
+            run = fetched_for.get(tp)
+            if run is not None and recs and self.runs.get(tp) is run:
+                await self._handle(run, recs)
+
     async def _handle(self, run: PartitionRun, recs: list[Any]) -> None:
         """Process consumed records of one partition, honouring replay and forced ends.
 
@@ -343,6 +357,8 @@ class Worker:
                     run.seg_start = limit
             if run.forced_end is not None and run.next_offset >= run.forced_end:
                 await self.flush()  # redo the interrupted segment over exactly its range
+                if self.runs.get(run.tp) is not run:
+                    return  # revoked (and maybe re-assigned) meanwhile: the rest is not ours
 
     def _process(self, run: PartitionRun, recs: list[Any]) -> None:
         messages = [r.value if r.value is not None else b"" for r in recs]
