@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from expected import expected_totals
 
 from llmops_stream.stream.budgets import BudgetConfig
 from llmops_stream.stream.engine import Engine, EngineConfig
@@ -374,3 +376,41 @@ def latest_budget_states(bootstrap: str, prefix: str) -> dict[tuple[str, str], d
             for b in value["budgets"]:
                 latest[(value["tenant_id"], b["budget_id"])] = b
     return latest
+
+
+TOTAL_KEYS = ("calls", "input_tokens", "output_tokens", "cache_read_tokens",
+              "cache_write_tokens", "retrieval_calls", "stale_calls")
+
+
+def assert_totals_exact(report: dict[str, Any], events: Sequence[bytes],
+                        bad: Sequence[bytes]) -> None:
+    """``report --json`` per-tenant totals equal an independent per-event computation
+    (counts exactly, cost to 1e-9 relative), and every bad event was rejected once."""
+    got = report["tenants"]
+    for tenant, exp in expected_totals(list(events)).items():
+        for k in TOTAL_KEYS:
+            assert got[tenant][k] == exp[k], (tenant, k, got[tenant][k], exp[k])
+        assert got[tenant]["cost_usd"] == pytest.approx(exp["cost_usd"], rel=1e-9, abs=1e-12)
+    assert sum(t["rejected"] for t in got.values()) == len(bad)
+
+
+def assert_budget_alerts_once(bootstrap: str, topic: str, prefix: str, report: dict[str, Any],
+                              *, budgets: dict[str, Any] | None = None,
+                              min_alerts: int = 1) -> None:
+    """The budget alerts on the topic and in ClickHouse are exactly those the reference
+    computes from the input topic with ``budgets`` (default :data:`BUDGETS`, as
+    :class:`Workers`): none lost, none invented, none published twice."""
+    expected = reference_budget_alerts(asyncio.run(read_all(bootstrap, topic)), budgets)
+    assert len(expected) >= min_alerts, "budgets are sized to be crossed"
+    ids = published_alert_ids(bootstrap, prefix)
+    assert len(ids) == len(set(ids)), "an alert was published twice"
+    assert set(ids) == expected, "an alert was lost or invented"
+    assert {a["alert_id"] for a in report["alerts"] if a["type"] == "budget"} == expected
+
+
+def assert_dlq_exact(bootstrap: str, prefix: str, bad: Sequence[bytes]) -> None:
+    """Every bad event is on the DLQ once, with its original bytes and a reason."""
+    dlq = asyncio.run(read_all(bootstrap, prefix + "llm.calls.dlq"))
+    records = [r for recs in dlq.values() for r in recs]
+    assert sorted(r.value for r in records) == sorted(bad)
+    assert all(dict(r.headers).get("reason") for r in records)

@@ -25,13 +25,12 @@ from workers import (
     PARTITIONS,
     Stream,
     Workers,
+    assert_budget_alerts_once,
+    assert_totals_exact,
     assignments,
     committed_offsets,
     fence,
     latest_budget_states,
-    published_alert_ids,
-    read_all,
-    reference_budget_alerts,
     traffic,
     wait_caught_up,
     wait_stable,
@@ -139,25 +138,11 @@ def test_kill_one_of_two_workers_state_follows_partitions(
             assert 0 < by_partition[p]["replay"] <= by_partition[p]["committed"], by_partition[p]
 
         report = workers.report()  # through the front, over http://
-        expected = expected_totals(events)
-        got = report["tenants"]
-        for tenant, exp in expected.items():
-            for k in ("calls", "input_tokens", "output_tokens", "cache_read_tokens",
-                      "cache_write_tokens", "retrieval_calls", "stale_calls"):
-                assert got[tenant][k] == exp[k], (tenant, k, got[tenant][k], exp[k])
-            assert got[tenant]["cost_usd"] == pytest.approx(exp["cost_usd"], rel=1e-9,
-                                                            abs=1e-12)
-        assert sum(t["rejected"] for t in got.values()) == len(bad)
+        assert_totals_exact(report, events, bad)
 
         wait_stable(bootstrap, [prefix + "llm.alerts.budget", prefix + "llm.budget.state"])
-        expected_alerts = reference_budget_alerts(asyncio.run(read_all(bootstrap, topic)),
-                                                  BUDGETS)
-        assert len(expected_alerts) > 50, "budgets are sized to be crossed all along"
-        ids = published_alert_ids(bootstrap, prefix)
-        assert len(ids) == len(set(ids)), "an alert was published twice"
-        assert set(ids) == expected_alerts, "an alert was lost or invented"
-        assert {a["alert_id"] for a in report["alerts"] if a["type"] == "budget"} \
-            == expected_alerts
+        assert_budget_alerts_once(bootstrap, topic, prefix, report,
+                                  budgets=BUDGETS, min_alerts=51)
 
         # Budget state followed the partitions: the compacted topic's latest state per
         # tenant and budget is ClickHouse's final one.
@@ -169,7 +154,8 @@ def test_kill_one_of_two_workers_state_follows_partitions(
                 f"FROM {DB}.llm_budget_state FINAL").result_rows
         }
         on_topic = latest_budget_states(bootstrap, prefix)
-        assert set(on_topic) == set(stored) == {(t, b) for t in expected for b in ("h", "d")}
+        tenants = expected_totals(events)
+        assert set(on_topic) == set(stored) == {(t, b) for t in tenants for b in ("h", "d")}
         for key, (spend, status) in stored.items():
             assert on_topic[key]["status"] == status, key
             assert on_topic[key]["spend_usd"] == pytest.approx(spend, rel=1e-9, abs=1e-12), key

@@ -10,7 +10,6 @@ helpers live in ``tests/workers.py``.
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import signal
 import time
@@ -18,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from expected import expected_totals
 from workers import (
     PARTITIONS,
     Workers,
+    assert_budget_alerts_once,
+    assert_dlq_exact,
+    assert_totals_exact,
     produce,
-    read_all,
-    reference_budget_alerts,
     traffic,
     wait_caught_up,
 )
@@ -62,31 +61,10 @@ def test_kill_9_three_times_totals_exact_alerts_once(
         workers.stop_all()
 
     report = workers.report()
-    expected = expected_totals(events)
-    got = report["tenants"]
-    for tenant, exp in expected.items():
-        for k in ("calls", "input_tokens", "output_tokens", "cache_read_tokens",
-                  "cache_write_tokens", "retrieval_calls", "stale_calls"):
-            assert got[tenant][k] == exp[k], (tenant, k, got[tenant][k], exp[k])
-        assert got[tenant]["cost_usd"] == pytest.approx(exp["cost_usd"], rel=1e-9, abs=1e-12)
-    assert sum(t["rejected"] for t in got.values()) == len(bad)
-
+    assert_totals_exact(report, events, bad)
     bootstrap = kafka_broker.bootstrap_servers
-    inputs = asyncio.run(read_all(bootstrap, topic))
-    expected_alerts = reference_budget_alerts(inputs)
-    assert expected_alerts, "budgets are sized to be crossed"
-    published = asyncio.run(read_all(bootstrap, prefix + "llm.alerts.budget"))
-    ids = [json.loads(r.value)["alert_id"] for recs in published.values() for r in recs]
-    assert len(ids) == len(set(ids)), "an alert was published twice"
-    assert set(ids) == expected_alerts, "an alert was lost or invented"
-    stored = {a["alert_id"] for a in report["alerts"] if a["type"] == "budget"}
-    assert stored == expected_alerts
-    dlq = asyncio.run(read_all(bootstrap, prefix + "llm.calls.dlq"))
-    dlq_records = [r for recs in dlq.values() for r in recs]
-    assert len(dlq_records) == len(bad)
-    assert sorted(r.value for r in dlq_records) == sorted(bad)
-    assert all(dict(r.headers).get("reason") for r in dlq_records)
-
+    assert_budget_alerts_once(bootstrap, topic, prefix, report)
+    assert_dlq_exact(bootstrap, prefix, bad)
 
 def test_broker_restart_reconnects_and_loses_nothing(unique_name: Any, tmp_path: Path) -> None:
     """SPEC §7: the broker is killed (kill -9) while the worker consumes and comes back on
@@ -114,20 +92,6 @@ def test_broker_restart_reconnects_and_loses_nothing(unique_name: Any, tmp_path:
             workers.stop_all()
 
         report = workers.report()
-        expected = expected_totals(events)
-        for tenant, exp in expected.items():
-            got = report["tenants"][tenant]
-            assert (got["calls"], got["input_tokens"], got["output_tokens"]) == (
-                exp["calls"], exp["input_tokens"], exp["output_tokens"]), tenant
-            assert got["cost_usd"] == pytest.approx(exp["cost_usd"], rel=1e-9, abs=1e-12)
-        assert sum(t["rejected"] for t in report["tenants"].values()) == len(bad)
-
-        bootstrap = broker.bootstrap_servers
-        expected_alerts = reference_budget_alerts(asyncio.run(read_all(bootstrap, topic)))
-        assert expected_alerts, "budgets are sized to be crossed"
-        published = asyncio.run(read_all(bootstrap, prefix + "llm.alerts.budget"))
-        ids = [json.loads(r.value)["alert_id"] for recs in published.values() for r in recs]
-        assert len(ids) == len(set(ids)), "an alert was published twice"
-        assert set(ids) == expected_alerts
-        dlq = asyncio.run(read_all(bootstrap, prefix + "llm.calls.dlq"))
-        assert sorted(r.value for recs in dlq.values() for r in recs) == sorted(bad)
+        assert_totals_exact(report, events, bad)
+        assert_budget_alerts_once(broker.bootstrap_servers, topic, prefix, report)
+        assert_dlq_exact(broker.bootstrap_servers, prefix, bad)
