@@ -5,7 +5,8 @@ Exposed (own registry, served on ``metrics_host:metrics_port``, loopback by defa
 ``llmops_alerts_total{type}``, ``llmops_consumer_lag{partition}``,
 ``llmops_events_per_second``, ``llmops_flush_seconds`` (histogram),
 ``llmops_clickhouse_errors_total``, ``llmops_kafka_errors_total``,
-``llmops_partitions_assigned``.
+``llmops_partitions_assigned``, ``llmops_segments_lost_total`` (segments another worker had
+claimed: see the worker's module docstring).
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ class WorkerMetrics:
                                   registry=r)
         self.kafka_errors = PCounter("llmops_kafka_errors", "Failed Kafka transactions",
                                      registry=r)
+        self.segments_lost = PCounter(
+            "llmops_segments_lost", "Segments dropped because another worker claimed their "
+            "start (the partition was taken up again)", registry=r)
         self.assigned = Gauge("llmops_partitions_assigned", "Partitions owned", registry=r)
         self.totals: Counter[str] = Counter()
         self._window_start = time.monotonic()

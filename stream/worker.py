@@ -17,6 +17,12 @@ Exactly-once, by construction:
   committed). If a segment had been started at the committed offset, it is redone over
   exactly the same range, so its inserts carry the same tokens and ClickHouse keeps one
   copy; its Kafka outputs were never committed, so they are sent once.
+* A segment's start is **claimed** by its first writer: its ``llm_segments`` row is
+  deduplicated by start, and is read back before any row is written. A worker that finds
+  another end there (an incarnation the group already replaced, still running — e.g. cut
+  off from the broker longer than the session timeout — or its successor) writes nothing
+  for it, commits nothing for it, and takes the partition up again from its committed
+  offset, following the claimed segment. Rows are never counted twice, even then.
 * ClickHouse down: the flush retries with backoff and nothing is consumed meanwhile
   (backpressure). SIGTERM: a last flush and checkpoint, then exit.
 """
@@ -269,34 +275,44 @@ class Worker:
         """Restore each partition's engine from its checkpoint and seek where to replay."""
         async with self._flush_lock:
             await self._await_inflight()  # ClickHouse is read below, on its own thread
-        loop = asyncio.get_running_loop()
         for tp in assigned:
-            if tp in self.runs:
-                continue
-            beginning = (await self._consumer.beginning_offsets([tp]))[tp]
-            committed = await self._consumer.committed(tp)
-            committed = beginning if committed is None else max(committed, beginning)
-            # ClickHouse down during a rebalance: wait for it (backpressure), never skip the
-            # partition
-            engine, start = await self._retry("ClickHouse", partial(
-                loop.run_in_executor, self._ch_thread, self._restore, tp, committed, beginning
-            ))
-            forced = await self._retry("ClickHouse", partial(
-                loop.run_in_executor, self._ch_thread, self._query_one,
-                f"SELECT end_offset FROM {self.db}.llm_segments WHERE group_id = %(g)s AND "  # noqa: S608 - db name validated in connect()
-                "topic = %(t)s AND partition = %(p)s AND start_offset = %(o)s "
-                "ORDER BY created_at LIMIT 1",
-                {"g": self.s.group, "t": tp.topic, "p": tp.partition, "o": committed},
-            ))
-            self.runs[tp] = PartitionRun(
-                tp=tp, engine=engine, committed=committed, seg_start=committed,
-                next_offset=start, forced_end=int(forced) if forced is not None else None,
-                sink=ClickHouseSink(self.client, self.db), checkpointed=start,
-            )
-            self._consumer.seek(tp, start)
-            log.info("assigned %s[%d]: committed %d, replay from %d, forced end %s",
-                     tp.topic, tp.partition, committed, start, forced)
+            if tp not in self.runs:
+                await self._take(tp)
         self.metrics.assigned.set(len(self.runs))
+
+    async def _take(self, tp: TopicPartition) -> None:
+        """Start (or restart) the run of ``tp``: engine state from the latest checkpoint at
+        or before the committed offset, and the segment that must be redone, if any."""
+        loop = asyncio.get_running_loop()
+        beginning = (await self._consumer.beginning_offsets([tp]))[tp]
+        committed = await self._consumer.committed(tp)
+        committed = beginning if committed is None else max(committed, beginning)
+        # ClickHouse down during a rebalance: wait for it (backpressure), never skip the
+        # partition
+        engine, start = await self._retry("ClickHouse", partial(
+            loop.run_in_executor, self._ch_thread, self._restore, tp, committed, beginning
+        ))
+        forced = await self._retry("ClickHouse", partial(
+            loop.run_in_executor, self._ch_thread, self._segment_end, tp, committed
+        ))
+        self.runs[tp] = PartitionRun(
+            tp=tp, engine=engine, committed=committed, seg_start=committed,
+            next_offset=start, forced_end=forced,
+            sink=ClickHouseSink(self.client, self.db), checkpointed=start,
+        )
+        self._consumer.seek(tp, start)
+        log.info("assigned %s[%d]: committed %d, replay from %d, forced end %s",
+                 tp.topic, tp.partition, committed, start, forced)
+
+    def _segment_end(self, tp: TopicPartition, start: int) -> int | None:
+        """End of the segment claimed at ``start`` of ``tp`` (its first writer's), if any."""
+        end = self._query_one(
+            f"SELECT end_offset FROM {self.db}.llm_segments WHERE group_id = %(g)s AND "  # noqa: S608 - db name validated in connect()
+            "topic = %(t)s AND partition = %(p)s AND start_offset = %(o)s "
+            "ORDER BY created_at LIMIT 1",
+            {"g": self.s.group, "t": tp.topic, "p": tp.partition, "o": start},
+        )
+        return None if end is None else int(end)
 
     def _restore(self, tp: TopicPartition, committed: int, beginning: int) -> tuple[Engine, int]:
         """Engine state at the latest checkpoint at or before ``committed``, and its offset.
@@ -439,10 +455,16 @@ class Worker:
         """ClickHouse rows of each segment, then one Kafka transaction, then checkpoints."""
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
-        segments = [p for p in parts if p.sink is not None]
-        for p in segments:
-            await self._retry("ClickHouse", partial(
+        segments = []
+        for p in parts:
+            if p.sink is None:
+                continue
+            claimed = await self._retry("ClickHouse", partial(
                 loop.run_in_executor, self._ch_thread, self._write_segment, p))
+            if claimed:
+                segments.append(p)
+            else:
+                await self._retake(p)
         if segments:
             await self._retry("Kafka", partial(self._commit, segments), clickhouse=False)
             for p in segments:
@@ -455,7 +477,21 @@ class Worker:
                     loop.run_in_executor, self._ch_thread, self._write_state, p))
                 p.run.checkpointed = p.end
 
-    def _write_segment(self, p: _Part) -> None:
+    async def _retake(self, p: _Part) -> None:
+        """Another incarnation claimed the start of ``p``'s segment with another end: drop
+        the run (nothing of it was written or committed) and take the partition up again."""
+        tp = p.run.tp
+        self.metrics.segments_lost.inc()
+        log.warning("segment %s[%d] from %d was claimed by another worker with another end; "
+                    "taking the partition up again from its committed offset",
+                    tp.topic, tp.partition, p.start)
+        if self.runs.get(tp) is p.run:
+            del self.runs[tp]
+            await self._take(tp)
+
+    def _write_segment(self, p: _Part) -> bool:
+        """Claim the segment, then write its rows; False (nothing written) if its start is
+        claimed with another end."""
         tp = p.run.tp
         seg = f"{self.s.group}:{tp.topic}:{tp.partition}:{p.start}"
         self.client.insert_arrow(
@@ -469,8 +505,11 @@ class Worker:
             }),
             settings={"insert_deduplication_token": f"segment:{seg}"},
         )
+        if self._segment_end(tp, p.start) != p.end:
+            return False
         if p.sink is not None:
             p.sink.flush(f"{seg}-{p.end}")
+        return True
 
     async def _new_producer(self) -> None:
         """(Re)start the transactional producer; the same id fences and aborts any older
