@@ -306,13 +306,13 @@ class Worker:
 
     def _segment_end(self, tp: TopicPartition, start: int) -> int | None:
         """End of the segment claimed at ``start`` of ``tp`` (its first writer's), if any."""
-        end = self._query_one(
+        rows = self.client.query(
             f"SELECT end_offset FROM {self.db}.llm_segments WHERE group_id = %(g)s AND "  # noqa: S608 - db name validated in connect()
             "topic = %(t)s AND partition = %(p)s AND start_offset = %(o)s "
             "ORDER BY created_at LIMIT 1",
-            {"g": self.s.group, "t": tp.topic, "p": tp.partition, "o": start},
-        )
-        return None if end is None else int(end)
+            parameters={"g": self.s.group, "t": tp.topic, "p": tp.partition, "o": start},
+        ).result_rows
+        return int(rows[0][0]) if rows else None
 
     def _restore(self, tp: TopicPartition, committed: int, beginning: int) -> tuple[Engine, int]:
         """Engine state at the latest checkpoint at or before ``committed``, and its offset.
@@ -330,10 +330,6 @@ class Worker:
             offset, blob = rows[0]
             return Engine.restore(self.engine_config(), base64.b64decode(blob)), int(offset)
         return Engine(self.engine_config()), beginning
-
-    def _query_one(self, sql: str, params: dict[str, Any]) -> Any:
-        rows = self.client.query(sql, parameters=params).result_rows
-        return rows[0][0] if rows else None
 
     # ------------------------------------------------------------------ processing
     async def _dispatch(self, batches: dict[TopicPartition, list[Any]],

@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -324,6 +325,15 @@ def wait_caught_up(broker: KafkaBroker, group: str, topic: str, workers: Workers
         assert all(p.poll() is None for p in must_live), workers.logs()
         time.sleep(1)
     raise AssertionError("workers did not catch up:\n" + workers.logs())
+
+
+def drain_and_stop(broker: KafkaBroker, group: str, topic: str, workers: Workers,
+                   proc: subprocess.Popen[bytes], timeout_s: float = 300) -> None:
+    """Wait until the group committed everything with ``proc`` alive, then SIGTERM it and
+    require a clean exit (last flush and checkpoint done)."""
+    wait_caught_up(broker, group, topic, workers, timeout_s, alive=[proc])
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(120) == 0, workers.logs()
 
 
 async def fence(bootstrap: str, transactional_id: str) -> None:

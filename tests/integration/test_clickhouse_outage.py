@@ -30,6 +30,7 @@ from workers import (
     assert_totals_exact,
     assignments,
     committed_offsets,
+    drain_and_stop,
     end_offsets,
     produce,
     traffic,
@@ -89,9 +90,7 @@ def test_clickhouse_outage_backpressure_then_catch_up(
             front.resume()
 
             producer.join(300)
-            wait_caught_up(kafka_broker, group, topic, workers)
-            worker.send_signal(signal.SIGTERM)
-            assert worker.wait(120) == 0, workers.logs()
+            drain_and_stop(kafka_broker, group, topic, workers, worker)
         finally:
             workers.stop_all()
 
@@ -165,9 +164,7 @@ def test_clickhouse_down_during_a_rebalance_moved_partitions_wait_for_it(
 
             asyncio.run(produce(bootstrap, topic, last))
             sent += last
-            wait_caught_up(kafka_broker, group, topic, workers, timeout_s=30, alive=[w1])
-            w1.send_signal(signal.SIGTERM)
-            assert w1.wait(120) == 0, workers.logs()
+            drain_and_stop(kafka_broker, group, topic, workers, w1, timeout_s=30)
         finally:
             workers.stop_all()
 

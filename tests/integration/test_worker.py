@@ -23,9 +23,9 @@ from workers import (
     assert_budget_alerts_once,
     assert_dlq_exact,
     assert_totals_exact,
+    drain_and_stop,
     produce,
     traffic,
-    wait_caught_up,
 )
 
 from llmops_stream.stream.kafka_broker import KafkaBroker
@@ -54,9 +54,7 @@ def test_kill_9_three_times_totals_exact_alerts_once(
             proc.wait(30)
         final = workers.start()
         workers.wait_assigned(final)  # its SIGTERM handler is installed by then
-        wait_caught_up(kafka_broker, group, topic, workers)
-        final.send_signal(signal.SIGTERM)
-        assert final.wait(120) == 0, workers.logs()
+        drain_and_stop(kafka_broker, group, topic, workers, final)
     finally:
         workers.stop_all()
 
@@ -85,9 +83,7 @@ def test_broker_restart_reconnects_and_loses_nothing(unique_name: Any, tmp_path:
             time.sleep(4.0)
             assert worker.poll() is None, workers.logs()
             broker.start()
-            wait_caught_up(broker, group, topic, workers)
-            worker.send_signal(signal.SIGTERM)
-            assert worker.wait(120) == 0, workers.logs()
+            drain_and_stop(broker, group, topic, workers, worker)
         finally:
             workers.stop_all()
 
