@@ -37,9 +37,9 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 import orjson  # noqa: E402
 
-from llmops_stream.stream import drift  # noqa: E402
-from llmops_stream.stream.drift import DriftScorer  # noqa: E402
-from llmops_stream.stream.evalset import EvalSet  # noqa: E402
+from llmops_stream.stream.core import drift  # noqa: E402
+from llmops_stream.stream.core.drift import DriftScorer  # noqa: E402
+from llmops_stream.stream.core.evalset import EvalSet  # noqa: E402
 
 D = 384
 LATENT = 32

@@ -36,8 +36,8 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from llmops_stream.stream.kafka_broker import KafkaBroker
-from llmops_stream.stream.loadgen import run_loadgen
+from llmops_stream.stream.dev.kafka_broker import KafkaBroker
+from llmops_stream.stream.dev.loadgen import run_loadgen
 
 # the Kafka read-back helpers and the chDB HTTP front of the test suite
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -63,7 +63,9 @@ def rss_mib(pid: int) -> float:
 def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "llmops_stream.stream.cli", "run"],
-        env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
     )
 
 
@@ -89,8 +91,7 @@ async def latency_phase(
     done = asyncio.Event()
 
     async def collect() -> None:
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap,
-                                    isolation_level="read_committed")
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed")
         await consumer.start()
         tps = [TopicPartition(alert_topic, p) for p in range(partitions)]
         consumer.assign(tps)
@@ -102,8 +103,9 @@ async def latency_phase(
                 batch = await consumer.getmany(timeout_ms=50)
                 now = time.time() * 1000
                 for recs in batch.values():
-                    received.extend((orjson.loads(r.value)["details"]["event_id"], now)
-                                    for r in recs)
+                    received.extend(
+                        (orjson.loads(r.value)["details"]["event_id"], now) for r in recs
+                    )
                 if done.is_set():
                     quiet_since = quiet_since or time.monotonic()
                     if batch:
@@ -114,9 +116,15 @@ async def latency_phase(
             await consumer.stop()
 
     collector = asyncio.create_task(collect())
-    stats = await run_loadgen(bootstrap, topic=TOPIC, rate=rate,
-                              n_events=int(rate * seconds), seed=99, n_tenants=2000,
-                              embedding_share=0.0)
+    stats = await run_loadgen(
+        bootstrap,
+        topic=TOPIC,
+        rate=rate,
+        n_events=int(rate * seconds),
+        seed=99,
+        n_tenants=2000,
+        embedding_share=0.0,
+    )
     done.set()
     await collector
 
@@ -151,7 +159,9 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=20.0, help="latency phase length")
     ap.add_argument("--tenants", type=int, default=2000, help="tenants in the traffic")
     ap.add_argument(
-        "--clickhouse", choices=("chdb", "http"), default="chdb",
+        "--clickhouse",
+        choices=("chdb", "http"),
+        default="chdb",
         help="chdb: embedded in the worker (its memory counts in the worker's RSS); http: "
         "the test HTTP front over chDB in another process, so the worker's RSS is its own",
     )
@@ -174,19 +184,36 @@ def main() -> int:
         bootstrap = broker.bootstrap_servers
         broker.create_topics({TOPIC: args.partitions})
         t = time.perf_counter()
-        produced = asyncio.run(run_loadgen(bootstrap, topic=TOPIC, rate=math.inf,
-                                           n_events=args.events, seed=1,
-                                           n_tenants=args.tenants,
-                                           embedding_share=0.0))
-        print(f"produced {produced.sent:,} events in {time.perf_counter() - t:.1f} s "
-              f"({produced.achieved_rate:,.0f}/s)", flush=True)
+        produced = asyncio.run(
+            run_loadgen(
+                bootstrap,
+                topic=TOPIC,
+                rate=math.inf,
+                n_events=args.events,
+                seed=1,
+                n_tenants=args.tenants,
+                embedding_share=0.0,
+            )
+        )
+        print(
+            f"produced {produced.sent:,} events in {time.perf_counter() - t:.1f} s "
+            f"({produced.achieved_rate:,.0f}/s)",
+            flush=True,
+        )
 
         prefix = "bench."
-        env = {**os.environ, "LLMOPS_CLICKHOUSE": clickhouse_url,
-               "LLMOPS_KAFKA_BOOTSTRAP_SERVERS": bootstrap, "LLMOPS_TOPIC": TOPIC,
-               "LLMOPS_GROUP": GROUP, "LLMOPS_OUTPUT_TOPIC_PREFIX": prefix,
-               "LLMOPS_PARTITIONS": str(args.partitions), "LLMOPS_BUDGETS": str(budgets),
-               "LLMOPS_METRICS_PORT": "0", "OPENBLAS_NUM_THREADS": "1"}
+        env = {
+            **os.environ,
+            "LLMOPS_CLICKHOUSE": clickhouse_url,
+            "LLMOPS_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "LLMOPS_TOPIC": TOPIC,
+            "LLMOPS_GROUP": GROUP,
+            "LLMOPS_OUTPUT_TOPIC_PREFIX": prefix,
+            "LLMOPS_PARTITIONS": str(args.partitions),
+            "LLMOPS_BUDGETS": str(budgets),
+            "LLMOPS_METRICS_PORT": "0",
+            "OPENBLAS_NUM_THREADS": "1",
+        }
         log = tmp / "worker.log"
         proc = start_worker(env, log)
         wait_for(lambda: b"assigned " in log.read_bytes(), 120, "assignment", proc)
@@ -206,8 +233,11 @@ def main() -> int:
         first = next(i for i, (_, n) in enumerate(samples) if n > 0)
         (t0, n0), (t1, n1) = samples[max(0, first - 1)], samples[-1]
         rate = (n1 - n0) / (t1 - t0)
-        print(f"worker: {n1:,} events committed; sustained {rate:,.0f} events/s; "
-              f"RSS after start-up {baseline:.0f} MiB, peak {peak:.0f} MiB", flush=True)
+        print(
+            f"worker: {n1:,} events committed; sustained {rate:,.0f} events/s; "
+            f"RSS after start-up {baseline:.0f} MiB, peak {peak:.0f} MiB",
+            flush=True,
+        )
 
         latencies, achieved = asyncio.run(
             latency_phase(bootstrap, args.partitions, args.rate, args.seconds, prefix)
@@ -215,8 +245,11 @@ def main() -> int:
         peak = max(peak, rss_mib(proc.pid))
         lat = np.array(latencies) if latencies else np.array([np.nan])
         p50, p99 = float(np.percentile(lat, 50)), float(np.percentile(lat, 99))
-        print(f"alert latency at {achieved:,.0f} events/s produced: {len(latencies)} alerts, "
-              f"p50 {p50:.0f} ms, p99 {p99:.0f} ms, max {float(lat.max()):.0f} ms", flush=True)
+        print(
+            f"alert latency at {achieved:,.0f} events/s produced: {len(latencies)} alerts, "
+            f"p50 {p50:.0f} ms, p99 {p99:.0f} ms, max {float(lat.max()):.0f} ms",
+            flush=True,
+        )
         proc.send_signal(signal.SIGTERM)
         proc.wait(120)
     finally:
@@ -225,18 +258,22 @@ def main() -> int:
         if front is not None:
             front.stop()
         broker.stop()
-    print(json.dumps({
-        "bench": "e2e",
-        "events_per_s": round(rate),
-        "alert_p50_ms": round(p50, 1),
-        "alert_p99_ms": round(p99, 1),
-        "alert_rate_events_per_s": round(achieved),
-        "rss_mib": round(peak),
-        "rss_startup_mib": round(baseline),
-        "events": n1,
-        "tenants": args.tenants,
-        "clickhouse": args.clickhouse,
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "e2e",
+                "events_per_s": round(rate),
+                "alert_p50_ms": round(p50, 1),
+                "alert_p99_ms": round(p99, 1),
+                "alert_rate_events_per_s": round(achieved),
+                "rss_mib": round(peak),
+                "rss_startup_mib": round(baseline),
+                "events": n1,
+                "tenants": args.tenants,
+                "clickhouse": args.clickhouse,
+            }
+        )
+    )
     return 0
 
 

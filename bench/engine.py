@@ -29,12 +29,12 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.naive import NaiveProcessor  # noqa: E402
-from llmops_stream.stream.budgets import BudgetConfig  # noqa: E402
-from llmops_stream.stream.demo import demo_budgets  # noqa: E402
-from llmops_stream.stream.engine import Engine, EngineConfig  # noqa: E402
-from llmops_stream.stream.evalset import load_eval_sets  # noqa: E402
-from llmops_stream.stream.pricing import PriceTable  # noqa: E402
-from llmops_stream.stream.synth import (  # noqa: E402
+from llmops_stream.stream.cli.demo import demo_budgets  # noqa: E402
+from llmops_stream.stream.core.budgets import BudgetConfig  # noqa: E402
+from llmops_stream.stream.core.engine import Engine, EngineConfig  # noqa: E402
+from llmops_stream.stream.core.evalset import load_eval_sets  # noqa: E402
+from llmops_stream.stream.core.pricing import PriceTable  # noqa: E402
+from llmops_stream.stream.dev.synth import (  # noqa: E402
     SynthConfig,
     generate_eval_set,
     generate_events,
@@ -90,8 +90,9 @@ def main() -> int:
     plain = list(generate_events(SynthConfig(n_events=args.events, seed=1, embedding_share=0.0)))
     embedded = list(
         generate_events(
-            SynthConfig(n_events=args.embedded_events, seed=2, embedding_share=1.0,
-                        embedding_model=MODEL)
+            SynthConfig(
+                n_events=args.embedded_events, seed=2, embedding_share=1.0, embedding_model=MODEL
+            )
         )
     )
 
@@ -105,10 +106,12 @@ def main() -> int:
     run_engine(embedded[:BATCH], cfg_emb)
     dec = msgspec.json.Decoder()
     results = {
-        "decode_orjson": best_rate(len(plain), lambda: [orjson.loads(m) for m in plain],
-                                   args.repeat, no_gc=True),
-        "decode_msgspec": best_rate(len(plain), lambda: [dec.decode(m) for m in plain],
-                                    args.repeat, no_gc=True),
+        "decode_orjson": best_rate(
+            len(plain), lambda: [orjson.loads(m) for m in plain], args.repeat, no_gc=True
+        ),
+        "decode_msgspec": best_rate(
+            len(plain), lambda: [dec.decode(m) for m in plain], args.repeat, no_gc=True
+        ),
         "engine": best_rate(len(plain), lambda: run_engine(plain, cfg), args.repeat),
         "naive": best_rate(
             len(plain), lambda: NaiveProcessor(prices, budgets).process(plain), args.repeat
@@ -128,21 +131,29 @@ def main() -> int:
     decode_only = max(results["decode_orjson"], results["decode_msgspec"])
     avg = sum(map(len, plain)) / len(plain)
     avg_e = sum(map(len, embedded)) / len(embedded)
-    print(f"events without embeddings: {len(plain):,} ({avg:.0f} B avg); "
-          f"with embeddings: {len(embedded):,} ({avg_e:.0f} B avg); best of {args.repeat}")
+    print(
+        f"events without embeddings: {len(plain):,} ({avg:.0f} B avg); "
+        f"with embeddings: {len(embedded):,} ({avg_e:.0f} B avg); best of {args.repeat}"
+    )
     for name, rate in results.items():
         print(f"  {name:24s} {rate:>12,.0f} events/s")
     print(f"  engine / decode-only     {results['engine'] / decode_only:>12.2f}")
     print(f"  engine / naive           {results['engine'] / results['naive']:>12.2f}")
-    print(f"  embedded engine / naive  "
-          f"{results['engine_embedded'] / results['naive_embedded']:>12.2f}")
-    print(json.dumps({
-        "bench": "engine",
-        "events_per_s": round(results["engine"]),
-        "events_per_s_embedded": round(results["engine_embedded"]),
-        "vs_decode_only": round(results["engine"] / decode_only, 3),
-        "vs_naive": round(results["engine"] / results["naive"], 2),
-    }))
+    print(
+        f"  embedded engine / naive  "
+        f"{results['engine_embedded'] / results['naive_embedded']:>12.2f}"
+    )
+    print(
+        json.dumps(
+            {
+                "bench": "engine",
+                "events_per_s": round(results["engine"]),
+                "events_per_s_embedded": round(results["engine_embedded"]),
+                "vs_decode_only": round(results["engine"] / decode_only, 3),
+                "vs_naive": round(results["engine"] / results["naive"], 2),
+            }
+        )
+    )
     return 0
 
 

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import orjson
 
-from llmops_stream.stream.budgets import BudgetConfig
-from llmops_stream.stream.evalset import EvalSet
-from llmops_stream.stream.pricing import ModelPrice, PriceTable
+from llmops_stream.stream.core.budgets import BudgetConfig
+from llmops_stream.stream.core.evalset import EvalSet
+from llmops_stream.stream.core.pricing import ModelPrice, PriceTable
 
 _WINDOW_MS = {"1h": 3_600_000, "24h": 86_400_000, "7d": 7 * 86_400_000, "30d": 30 * 86_400_000}
 
@@ -71,8 +71,12 @@ class NaiveProcessor:
             p = self.price_cache[key]
             cost = 0.0
             if p is not None and e.get("status") != "cache_hit":
-                cost = ((inp - cr - cw) * p.input + cr * p.cache_read + cw * p.cache_write
-                        + out * p.output) / 1e6
+                cost = (
+                    (inp - cr - cw) * p.input
+                    + cr * p.cache_read
+                    + cw * p.cache_write
+                    + out * p.output
+                ) / 1e6
             self._budget(tenant, ts, cost)
             uncovered = scored = 0
             if self.eval_set is not None and e.get("embedding"):
@@ -88,8 +92,14 @@ class NaiveProcessor:
                 src = c.get("source_updated_at")
                 if (src is not None and _ms(src) > emb) or ts - emb > 30 * 86_400_000:
                     stale = 1
-            k = (ts // 60_000, tenant, e.get("app"), model, e.get("prompt_version"),
-                 retrieval.get("index_version"))
+            k = (
+                ts // 60_000,
+                tenant,
+                e.get("app"),
+                model,
+                e.get("prompt_version"),
+                retrieval.get("index_version"),
+            )
             acc = self.usage.setdefault(k, [0, 0, 0, 0, 0.0, 0, 0, 0])
             acc[0] += 1
             acc[1] += inp

@@ -53,10 +53,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from llmops_stream.stream import sink_clickhouse  # noqa: E402
-from llmops_stream.stream.engine import BatchOutput, Engine, EngineConfig  # noqa: E402
-from llmops_stream.stream.pricing import PriceTable  # noqa: E402
-from llmops_stream.stream.synth import SynthConfig, generate_events  # noqa: E402
+from llmops_stream.stream.clickhouse import sink as sink_clickhouse  # noqa: E402
+from llmops_stream.stream.core.engine import BatchOutput, Engine, EngineConfig  # noqa: E402
+from llmops_stream.stream.core.pricing import PriceTable  # noqa: E402
+from llmops_stream.stream.dev.synth import SynthConfig, generate_events  # noqa: E402
 
 
 class TimedClient:
@@ -135,8 +135,9 @@ def _busy(done: threading.Event) -> list[tuple[float, float]]:
     return samples
 
 
-def one_flush(module: ModuleType, client: Any, db: str, outs: list[BatchOutput],
-              token: str, *, busy: bool) -> Run:
+def one_flush(
+    module: ModuleType, client: Any, db: str, outs: list[BatchOutput], token: str, *, busy: bool
+) -> Run:
     """Flush ``outs`` once on a background thread; when ``busy``, the main thread runs
     Python meanwhile and the time it lost is measured, inside and outside client calls."""
     timed = TimedClient(client)
@@ -224,18 +225,25 @@ def main() -> int:
         for name in versions:
             stored = int(client.command(f"SELECT count() FROM bench_{name}.llm_calls"))  # noqa: S608
             if stored != 2 * args.repeat * n_calls:
-                raise SystemExit(f"{name}: {stored} call rows stored, expected "
-                                 f"{2 * args.repeat * n_calls}")
+                raise SystemExit(
+                    f"{name}: {stored} call rows stored, expected {2 * args.repeat * n_calls}"
+                )
         client.close()
     results = {name: summarise(*runs[name], n_calls) for name in versions}
     for name, r in results.items():
-        print(f"{name:>8}: flush {r['flush_ms']:5.0f} ms ({r['rows_per_s']:,.0f} call rows/s)"
-              f" = sink {r['sink_ms']:4.0f} + client {r['client_ms']:4.0f} ms,"
-              f" thread CPU {r['cpu_ms']:4.0f} ms | busy main thread: flush"
-              f" {r['busy_flush_ms']:5.0f} ms, main thread lost {r['lost_ms']:4.0f} ms"
-              f" = {r['lost_sink_ms']:4.0f} in sink + {r['lost_client_ms']:4.0f} in client")
-    summary: dict[str, Any] = {"bench": "sink", "call_rows": n_calls, "usage_rows": n_usage,
-                               **results["current"]}
+        print(
+            f"{name:>8}: flush {r['flush_ms']:5.0f} ms ({r['rows_per_s']:,.0f} call rows/s)"
+            f" = sink {r['sink_ms']:4.0f} + client {r['client_ms']:4.0f} ms,"
+            f" thread CPU {r['cpu_ms']:4.0f} ms | busy main thread: flush"
+            f" {r['busy_flush_ms']:5.0f} ms, main thread lost {r['lost_ms']:4.0f} ms"
+            f" = {r['lost_sink_ms']:4.0f} in sink + {r['lost_client_ms']:4.0f} in client"
+        )
+    summary: dict[str, Any] = {
+        "bench": "sink",
+        "call_rows": n_calls,
+        "usage_rows": n_usage,
+        **results["current"],
+    }
     if "baseline" in results:
         base, cur = results["baseline"], results["current"]
         summary["baseline"] = base

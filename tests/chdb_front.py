@@ -65,13 +65,30 @@ from urllib.parse import parse_qsl, urlsplit
 HOST = "127.0.0.1"
 
 # URL parameters the HTTP layer consumes itself; they are never engine settings.
-_TRANSPORT_PARAMS = frozenset({
-    "query", "database", "default_format", "user", "password", "quota_key", "query_id",
-    "session_id", "session_timeout", "session_check", "compress", "decompress",
-    "buffer_size", "wait_end_of_query", "client_protocol_version", "role",
-    "send_progress_in_http_headers", "enable_http_compression",
-    "cancel_http_readonly_queries_on_client_close", "add_http_cors_header",
-})
+_TRANSPORT_PARAMS = frozenset(
+    {
+        "query",
+        "database",
+        "default_format",
+        "user",
+        "password",
+        "quota_key",
+        "query_id",
+        "session_id",
+        "session_timeout",
+        "session_check",
+        "compress",
+        "decompress",
+        "buffer_size",
+        "wait_end_of_query",
+        "client_protocol_version",
+        "role",
+        "send_progress_in_http_headers",
+        "enable_http_compression",
+        "cancel_http_readonly_queries_on_client_close",
+        "add_http_cors_header",
+    }
+)
 _SETTING_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _CODE = re.compile(r"Code:\s*(\d+)")
 _TRAILING_FORMAT = re.compile(r"\bFORMAT\s+(\w+)\s*;?\s*$", re.IGNORECASE)
@@ -80,9 +97,18 @@ _INSERT_WITH_DATA = re.compile(
     rb"^\s*(INSERT\s+INTO\s+.+?)\s+FORMAT\s+(\w+)[ \t]*(?:\r?\n)?", re.IGNORECASE | re.DOTALL
 )
 _LEADING_NOISE = re.compile(r"^(?:\s+|--[^\n]*\n?|/\*.*?\*/|\()*", re.DOTALL)
-_RESULT_STATEMENTS = frozenset({
-    "SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXISTS", "EXPLAIN", "CHECK",
-})
+_RESULT_STATEMENTS = frozenset(
+    {
+        "SELECT",
+        "WITH",
+        "SHOW",
+        "DESCRIBE",
+        "DESC",
+        "EXISTS",
+        "EXPLAIN",
+        "CHECK",
+    }
+)
 
 
 class FrontError(Exception):
@@ -171,9 +197,10 @@ def parse_request(url: str, body: bytes, headers: Any) -> Statement:
     if content_type.startswith("multipart/form-data"):
         url_params.update(_multipart_fields(body, content_type))
         body = b""
-    params = {k[len("param_"):]: v for k, v in url_params.items() if k.startswith("param_")}
+    params = {k[len("param_") :]: v for k, v in url_params.items() if k.startswith("param_")}
     settings = {
-        k: v for k, v in url_params.items()
+        k: v
+        for k, v in url_params.items()
         if not k.startswith(("param_", "http_")) and k not in _TRANSPORT_PARAMS
     }
     for name in settings:
@@ -186,7 +213,7 @@ def parse_request(url: str, body: bytes, headers: Any) -> Statement:
     match = _INSERT_WITH_DATA.match(text)
     if match:
         sql = match.group(1).decode() + " FORMAT " + match.group(2).decode()
-        insert_data = text[match.end():]
+        insert_data = text[match.end() :]
     else:
         try:
             sql = text.decode()
@@ -197,7 +224,10 @@ def parse_request(url: str, body: bytes, headers: Any) -> Statement:
     trailing = _TRAILING_FORMAT.search(sql) if insert_data is None else None
     fmt = trailing.group(1) if trailing else url_params.get("default_format") or "TabSeparated"
     return Statement(
-        sql=sql, fmt=fmt, params=params, settings=settings,
+        sql=sql,
+        fmt=fmt,
+        params=params,
+        settings=settings,
         database=url_params.get("database") or "default",
         returns_result=insert_data is None and _first_keyword(sql) in _RESULT_STATEMENTS,
         insert_data=insert_data,
@@ -216,12 +246,18 @@ class ChdbEngine:
         self._lock = threading.Lock()
         self._database = "default"
         self._applied: dict[str, str] = {}  # settings SET on the session, by name
-        version, tz = self._raw("SELECT version(), timezone()", "TabSeparated").bytes() \
-            .decode().strip().split("\t")
+        version, tz = (
+            self._raw("SELECT version(), timezone()", "TabSeparated")
+            .bytes()
+            .decode()
+            .strip()
+            .split("\t")
+        )
         self.version, self.timezone = version, tz
 
-    def _raw(self, sql: str, fmt: str = "TabSeparated", params: dict[str, str] | None = None
-             ) -> Any:
+    def _raw(
+        self, sql: str, fmt: str = "TabSeparated", params: dict[str, str] | None = None
+    ) -> Any:
         try:
             return self._conn.query(sql, fmt, params=params or {})
         except Exception as exc:  # chDB raises its own error type with ClickHouse's text
@@ -259,8 +295,10 @@ class ChdbEngine:
                 self._use(st.database)
                 self._set(st.settings)
                 result = self._raw(sql, st.fmt, st.params)
-            return Outcome(body=result.bytes() if st.returns_result else b"",
-                           summary=_summary(result, insert=st.insert_data is not None))
+            return Outcome(
+                body=result.bytes() if st.returns_result else b"",
+                summary=_summary(result, insert=st.insert_data is not None),
+            )
         finally:
             if tmp is not None:
                 with contextlib.suppress(OSError):
@@ -277,9 +315,13 @@ def _summary(result: Any, *, insert: bool) -> dict[str, str]:
     written_rows = int(result.rows_written()) or (rows if insert else 0)
     written_bytes = int(result.bytes_written()) or (nbytes if insert else 0)
     return {
-        "read_rows": str(rows), "read_bytes": str(nbytes),
-        "written_rows": str(written_rows), "written_bytes": str(written_bytes),
-        "total_rows_to_read": str(rows), "result_rows": "0", "result_bytes": "0",
+        "read_rows": str(rows),
+        "read_bytes": str(nbytes),
+        "written_rows": str(written_rows),
+        "written_bytes": str(written_bytes),
+        "total_rows_to_read": str(rows),
+        "result_rows": "0",
+        "result_bytes": "0",
         "elapsed_ns": str(int(float(result.elapsed()) * 1e9)),
     }
 
@@ -351,7 +393,8 @@ class _Handler(BaseHTTPRequestHandler):
             headers["X-ClickHouse-Format"] = st.fmt
             headers["Content-Type"] = (
                 "text/tab-separated-values; charset=UTF-8"
-                if st.fmt.startswith(("TabSeparated", "TSV")) else "application/octet-stream"
+                if st.fmt.startswith(("TabSeparated", "TSV"))
+                else "application/octet-stream"
             )
         self._reply(200, outcome.body, headers)
 
@@ -417,9 +460,12 @@ class ChdbFront:
     def _listen(self) -> None:
         self._server = _Server(self, self.port)
         self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.1},
-                                        name="chdb-front", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name="chdb-front",
+            daemon=True,
+        )
         self._thread.start()
 
     def pause(self) -> None:
@@ -448,8 +494,12 @@ class ChdbFront:
     def __enter__(self) -> ChdbFront:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()
 
 
@@ -479,7 +529,8 @@ class FrontProcess:
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, str(Path(__file__).resolve()), str(self.path), "0"],
-                stdout=out, stderr=subprocess.STDOUT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -525,8 +576,12 @@ class FrontProcess:
     def __enter__(self) -> FrontProcess:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()
 
 

@@ -14,12 +14,22 @@ from typing import Any
 
 import numpy as np
 
-from llmops_stream.stream.pricing import PriceTable
+from llmops_stream.stream.core.pricing import PriceTable
 
 MAX_AGE_MS = 30 * 86_400_000
-FIELDS = ("calls", "cost_usd", "input_tokens", "output_tokens", "cache_read_tokens",
-          "cache_write_tokens", "scored_calls", "uncovered_calls", "retrieval_calls",
-          "stale_calls", "rejected")
+FIELDS = (
+    "calls",
+    "cost_usd",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "scored_calls",
+    "uncovered_calls",
+    "retrieval_calls",
+    "stale_calls",
+    "rejected",
+)
 
 
 def ms(v: Any) -> int:
@@ -37,8 +47,7 @@ def expected_totals(
     mat = np.zeros((0, 1))
     if eval_path is not None:
         ev = [json.loads(x) for x in eval_path.read_text().splitlines()]
-        mat = np.array([np.frombuffer(base64.b64decode(e["embedding"]), "<f4") for e in ev],
-                       float)
+        mat = np.array([np.frombuffer(base64.b64decode(e["embedding"]), "<f4") for e in ev], float)
         mat /= np.linalg.norm(mat, axis=1, keepdims=True)
     prices = PriceTable()
     seen: set[tuple[str, str]] = set()
@@ -56,8 +65,9 @@ def expected_totals(
         p = prices.resolve(e["model"], e.get("provider") or "")
         if p is not None and e.get("status") != "cache_hit":
             rates = p.rates_for(inp)
-            t["cost_usd"] += ((inp - cr - cw) * rates[0] + cr * rates[2] + cw * rates[3]
-                              + outp * rates[1]) / 1e6
+            t["cost_usd"] += (
+                (inp - cr - cw) * rates[0] + cr * rates[2] + cw * rates[3] + outp * rates[1]
+            ) / 1e6
         t["calls"] += 1
         t["input_tokens"] += inp
         t["output_tokens"] += outp
@@ -65,18 +75,25 @@ def expected_totals(
         t["cache_write_tokens"] += cw
         if eval_path is not None and e.get("embedding") and e.get("embedding_model") == model:
             v = e["embedding"]
-            vec = (np.frombuffer(base64.b64decode(v), "<f4") if isinstance(v, str)
-                   else np.array(v, "<f4")).astype(float)
+            vec = (
+                np.frombuffer(base64.b64decode(v), "<f4")
+                if isinstance(v, str)
+                else np.array(v, "<f4")
+            ).astype(float)
             t["scored_calls"] += 1
             t["uncovered_calls"] += int((mat @ (vec / np.linalg.norm(vec))).max() < threshold)
         chunks = (e.get("retrieval") or {}).get("chunks") or []
         if chunks:
             t["retrieval_calls"] += 1
             ts = ms(e["ts"])
-            t["stale_calls"] += int(any(
-                (c.get("source_updated_at") is not None
-                 and ms(c["source_updated_at"]) > ms(c["embedded_at"]))
-                or ts - ms(c["embedded_at"]) > MAX_AGE_MS
-                for c in chunks
-            ))
+            t["stale_calls"] += int(
+                any(
+                    (
+                        c.get("source_updated_at") is not None
+                        and ms(c["source_updated_at"]) > ms(c["embedded_at"])
+                    )
+                    or ts - ms(c["embedded_at"]) > MAX_AGE_MS
+                    for c in chunks
+                )
+            )
     return out

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from llmops_stream.stream.alerts import Alert, make_alert
-from llmops_stream.stream.budgets import BudgetConfig, BudgetRule
+from llmops_stream.stream.core.alerts import Alert, make_alert
+from llmops_stream.stream.core.budgets import BudgetConfig, BudgetRule
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 CAP = 2**62

@@ -1,7 +1,7 @@
 """Slow, obviously correct reference implementations for drift scoring and histograms.
 
 Everything here works one row or one value at a time in float64 (or exact Python numbers),
-so the fast kernels of ``llmops_stream.stream.drift``/``evalset``/``histograms`` can be
+so the fast kernels of ``llmops_stream.stream.core.drift``/``evalset``/``histograms`` can be
 checked against it on small inputs.
 """
 

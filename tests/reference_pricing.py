@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import NamedTuple
 
-from llmops_stream.stream.pricing import ModelPrice, PriceTable
+from llmops_stream.stream.core.pricing import ModelPrice, PriceTable
 
 
 class Call(NamedTuple):

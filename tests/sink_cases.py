@@ -16,23 +16,22 @@ from typing import Any
 
 import numpy as np
 
-from llmops_stream.stream.budgets import BudgetConfig
-from llmops_stream.stream.engine import BatchOutput, Engine, EngineConfig
-from llmops_stream.stream.evalset import load_eval_sets
-from llmops_stream.stream.pricing import PriceTable
-from llmops_stream.stream.sink_clickhouse import ClickHouseSink, latest_states
-from llmops_stream.stream.synth import (
+from llmops_stream.stream.clickhouse.sink import ClickHouseSink, latest_states
+from llmops_stream.stream.core.budgets import BudgetConfig
+from llmops_stream.stream.core.engine import BatchOutput, Engine, EngineConfig
+from llmops_stream.stream.core.evalset import load_eval_sets
+from llmops_stream.stream.core.pricing import PriceTable
+from llmops_stream.stream.core.timeutil import iso_to_ms
+from llmops_stream.stream.dev.synth import (
     SynthConfig,
     generate_bad_events,
     generate_eval_set,
     generate_events,
     write_jsonl,
 )
-from llmops_stream.stream.timeutil import iso_to_ms
 
 MODEL = "text-embedding-3-small"
-BUDGETS = {"default": [{"id": "h", "limit_usd": 0.5, "window": "1h", "soft": [0.5],
-                        "hard": 1.0}]}
+BUDGETS = {"default": [{"id": "h", "limit_usd": 0.5, "window": "1h", "soft": [0.5], "hard": 1.0}]}
 # the same in every batch, so that dictionaries of different chunks share entries
 ODD_STRINGS = ("ünïcødé €😀 日本語", "", "nul\x00byte", "x" * 5000)
 ODD_FLOATS = (math.nan, math.inf, -math.inf, 5e-324, -0.0, 1e308)
@@ -48,26 +47,42 @@ def engine_outputs(tmp: Path, *, n_events: int = 1500, batch: int = 500) -> list
     """
     path = tmp / "eval.jsonl"
     write_jsonl(path, generate_eval_set(n=200, dim=384, seed=2, embedding_model=MODEL))
-    events = list(generate_events(SynthConfig(
-        n_events=n_events, seed=7, n_tenants=5, rate_per_s=5.0, embedding_share=0.3,
-        embedding_model=MODEL, drift_start=0.5, drift_end=0.9,
-    )))
+    events = list(
+        generate_events(
+            SynthConfig(
+                n_events=n_events,
+                seed=7,
+                n_tenants=5,
+                rate_per_s=5.0,
+                embedding_share=0.3,
+                embedding_model=MODEL,
+                drift_start=0.5,
+                drift_end=0.9,
+            )
+        )
+    )
     bad = [raw for raw, _ in generate_bad_events(seed=2) if len(raw) < 100_000]
     for i, raw in enumerate(bad):
         events.insert((i * 37) % len(events), raw)
-    engine = Engine(EngineConfig(
-        prices=PriceTable(), budgets=BudgetConfig.model_validate(BUDGETS),
-        eval_sets=load_eval_sets(path), candidate_share=1.0,
-    ))
+    engine = Engine(
+        EngineConfig(
+            prices=PriceTable(),
+            budgets=BudgetConfig.model_validate(BUDGETS),
+            eval_sets=load_eval_sets(path),
+            candidate_share=1.0,
+        )
+    )
     outs = []
     cuts = [*range(0, len(events), batch), len(events)]
     for i, (start, end) in enumerate(zip(cuts, cuts[1:], strict=False)):
         if i == 1:  # an empty batch between two full ones
-            outs.append(engine.process([], source="llm.calls",
-                                       offsets=np.zeros(0, np.int64)))
-        out = engine.process(events[start:end], source="llm.calls",
-                             partitions=np.full(end - start, 3, np.int32),
-                             offsets=np.arange(start, end, dtype=np.int64))
+            outs.append(engine.process([], source="llm.calls", offsets=np.zeros(0, np.int64)))
+        out = engine.process(
+            events[start:end],
+            source="llm.calls",
+            partitions=np.full(end - start, 3, np.int32),
+            offsets=np.arange(start, end, dtype=np.int64),
+        )
         _mangle(out)
         outs.append(out)
     assert sum(len(o.calls["event_id"]) for o in outs) > 1000
@@ -123,8 +138,7 @@ def norm(value: Any) -> Any:
 
 def _rows(columns: dict[str, list[Any]]) -> Counter[tuple[Any, ...]]:
     names = list(columns)
-    return Counter(tuple(norm(columns[n][i]) for n in names)
-                   for i in range(len(columns[names[0]])))
+    return Counter(tuple(norm(columns[n][i]) for n in names) for i in range(len(columns[names[0]])))
 
 
 def _values(chunks: list[Any]) -> list[Any]:
@@ -137,21 +151,50 @@ def _values(chunks: list[Any]) -> list[Any]:
 def expected(outs: list[BatchOutput]) -> dict[str, Counter[tuple[Any, ...]]]:
     """Rows per table, as the sink is given them (columns in the engine's order)."""
     tables: dict[str, Counter[tuple[Any, ...]]] = {}
-    for table, attr in (("llm_calls", "calls"), ("llm_usage_1m", "usage"),
-                        ("llm_rejected", "rejected"), ("llm_eval_candidates", "candidates")):
+    for table, attr in (
+        ("llm_calls", "calls"),
+        ("llm_usage_1m", "usage"),
+        ("llm_rejected", "rejected"),
+        ("llm_eval_candidates", "candidates"),
+    ):
         names = list(getattr(outs[0], attr))
         tables[table] = _rows({n: _values([getattr(o, attr)[n] for o in outs]) for n in names})
     alerts = [a for o in outs for a in o.alerts]
     tables["llm_alerts"] = Counter(
-        (a.alert_id, a.type, a.severity, a.tenant_id, a.app, a.metric, a.value, a.threshold,
-         iso_to_ms(a.window_start), iso_to_ms(a.window_end), iso_to_ms(a.emitted_at))
+        (
+            a.alert_id,
+            a.type,
+            a.severity,
+            a.tenant_id,
+            a.app,
+            a.metric,
+            a.value,
+            a.threshold,
+            iso_to_ms(a.window_start),
+            iso_to_ms(a.window_end),
+            iso_to_ms(a.emitted_at),
+        )
         for a in alerts
     )
-    states = latest_states({k: np.concatenate([o.budget_states[k] for o in outs])
-                            for k in outs[0].budget_states})
-    tables["llm_budget_state"] = _rows({k: states[k].tolist() for k in (
-        "tenant_id", "budget_id", "window", "limit_usd", "spend_usd", "remaining_usd",
-        "status", "as_of_ms", "period_start_ms")})
+    states = latest_states(
+        {k: np.concatenate([o.budget_states[k] for o in outs]) for k in outs[0].budget_states}
+    )
+    tables["llm_budget_state"] = _rows(
+        {
+            k: states[k].tolist()
+            for k in (
+                "tenant_id",
+                "budget_id",
+                "window",
+                "limit_usd",
+                "spend_usd",
+                "remaining_usd",
+                "status",
+                "as_of_ms",
+                "period_start_ms",
+            )
+        }
+    )
     return tables
 
 
@@ -167,8 +210,12 @@ _SQL = {  # how a column is read back to compare with what was given
 def stored(client: Any, db: str, outs: list[BatchOutput]) -> dict[str, Counter[tuple[Any, ...]]]:
     """Rows per table as ClickHouse returns them (ReplacingMergeTree tables with FINAL)."""
     tables: dict[str, Counter[tuple[Any, ...]]] = {}
-    for table, attr in (("llm_calls", "calls"), ("llm_usage_1m", "usage"),
-                        ("llm_rejected", "rejected"), ("llm_eval_candidates", "candidates")):
+    for table, attr in (
+        ("llm_calls", "calls"),
+        ("llm_usage_1m", "usage"),
+        ("llm_rejected", "rejected"),
+        ("llm_eval_candidates", "candidates"),
+    ):
         cols = ", ".join(_SQL.get(n, n) for n in getattr(outs[0], attr))
         final = " FINAL" if table == "llm_eval_candidates" else ""
         rows = client.query(f"SELECT {cols} FROM {db}.{table}{final}").result_rows  # noqa: S608
@@ -179,9 +226,20 @@ def stored(client: Any, db: str, outs: list[BatchOutput]) -> dict[str, Counter[t
         f"toUnixTimestamp64Milli(emitted_at) FROM {db}.llm_alerts FINAL"
     ).result_rows
     tables["llm_alerts"] = Counter(tuple(row) for row in rows)
-    cols = ", ".join(_SQL.get(n, n) for n in (
-        "tenant_id", "budget_id", "window", "limit_usd", "spend_usd", "remaining_usd",
-        "status", "as_of_ms", "period_start_ms"))
+    cols = ", ".join(
+        _SQL.get(n, n)
+        for n in (
+            "tenant_id",
+            "budget_id",
+            "window",
+            "limit_usd",
+            "spend_usd",
+            "remaining_usd",
+            "status",
+            "as_of_ms",
+            "period_start_ms",
+        )
+    )
     rows = client.query(f"SELECT {cols} FROM {db}.llm_budget_state FINAL").result_rows  # noqa: S608
     tables["llm_budget_state"] = Counter(tuple(norm(v) for v in row) for row in rows)
     return tables
@@ -214,7 +272,7 @@ def check_roundtrip(client: Any, db: str, outs: list[BatchOutput]) -> None:
 def chdb_roundtrip(path: str) -> None:
     """:func:`check_roundtrip` through the embedded engine at ``path`` (run it in a process
     of its own: chDB opens one path per process)."""
-    from llmops_stream.stream.sink_clickhouse import apply_schema, connect
+    from llmops_stream.stream.clickhouse.sink import apply_schema, connect
 
     tmp = Path(path)
     client = connect(f"chdb://{tmp / 'ch'}", "rt")

@@ -28,11 +28,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from expected import expected_totals
 
-from llmops_stream.stream.budgets import BudgetConfig
-from llmops_stream.stream.engine import Engine, EngineConfig
-from llmops_stream.stream.kafka_broker import KafkaBroker
-from llmops_stream.stream.pricing import PriceTable
-from llmops_stream.stream.synth import SynthConfig, generate_bad_events, generate_events
+from llmops_stream.stream.core.budgets import BudgetConfig
+from llmops_stream.stream.core.engine import Engine, EngineConfig
+from llmops_stream.stream.core.pricing import PriceTable
+from llmops_stream.stream.dev.kafka_broker import KafkaBroker
+from llmops_stream.stream.dev.synth import SynthConfig, generate_bad_events, generate_events
 
 PARTITIONS = 4
 BUDGETS: dict[str, Any] = {
@@ -51,9 +51,18 @@ ASSIGNED = re.compile(
 class Workers:
     """``llmops-stream run`` processes of one test (started and ended by PID)."""
 
-    def __init__(self, broker: KafkaBroker, tmp: Path, topic: str, group: str, prefix: str,
-                 *, clickhouse: str | None = None, database: str = "worker_test",
-                 budgets: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        broker: KafkaBroker,
+        tmp: Path,
+        topic: str,
+        group: str,
+        prefix: str,
+        *,
+        clickhouse: str | None = None,
+        database: str = "worker_test",
+        budgets: dict[str, Any] | None = None,
+    ) -> None:
         budgets_file = tmp / "budgets.json"
         budgets_file.write_text(json.dumps(BUDGETS if budgets is None else budgets))
         self.tmp = tmp
@@ -82,8 +91,17 @@ class Workers:
         log = (self.tmp / f"worker-{len(self.procs)}.log").open("wb")
         self._logs.append(log)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "llmops_stream.stream.cli", "run", "--worker-id", worker_id],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "llmops_stream.stream.cli",
+                "run",
+                "--worker-id",
+                worker_id,
+            ],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         self.procs.append(proc)
         self.worker_ids.append(worker_id)
@@ -115,13 +133,18 @@ class Workers:
             log.close()
 
     def logs(self) -> str:
-        return "\n".join(p.read_text(errors="replace")[-3000:]
-                         for p in sorted(self.tmp.glob("worker-*.log")))
+        return "\n".join(
+            p.read_text(errors="replace")[-3000:] for p in sorted(self.tmp.glob("worker-*.log"))
+        )
 
     def report(self) -> dict[str, Any]:
-        run = subprocess.run([sys.executable, "-m", "llmops_stream.stream.cli", "report",
-                              "--json"], env=self.env, capture_output=True, timeout=300,
-                             check=False)
+        run = subprocess.run(
+            [sys.executable, "-m", "llmops_stream.stream.cli", "report", "--json"],
+            env=self.env,
+            capture_output=True,
+            timeout=300,
+            check=False,
+        )
         assert run.returncode == 0, run.stderr[-2000:]
         return json.loads(run.stdout)
 
@@ -129,8 +152,12 @@ class Workers:
 def assignments(log_text: str) -> list[dict[str, Any]]:
     """The partitions a worker took over, in order, as logged (one dict per line)."""
     return [
-        {"partition": int(m["partition"]), "committed": int(m["committed"]),
-         "replay": int(m["replay"]), "forced": m["forced"]}
+        {
+            "partition": int(m["partition"]),
+            "committed": int(m["committed"]),
+            "replay": int(m["replay"]),
+            "forced": m["forced"],
+        }
         for m in ASSIGNED.finditer(log_text)
     ]
 
@@ -143,12 +170,29 @@ def tenant_key(raw: bytes) -> bytes:
         return b""
 
 
-def traffic(n_events: int, *, seed: int, n_tenants: int, rate_per_s: float, bad_seed: int,
-            max_bad_bytes: int, spacing: int) -> tuple[list[bytes], list[bytes], list[bytes]]:
+def traffic(
+    n_events: int,
+    *,
+    seed: int,
+    n_tenants: int,
+    rate_per_s: float,
+    bad_seed: int,
+    max_bad_bytes: int,
+    spacing: int,
+) -> tuple[list[bytes], list[bytes], list[bytes]]:
     """Synthetic events (no embeddings), the bad events, and both interleaved (every
     ``spacing``-th position modulo the length) as they are produced."""
-    events = list(generate_events(SynthConfig(n_events=n_events, seed=seed, n_tenants=n_tenants,
-                                              embedding_share=0.0, rate_per_s=rate_per_s)))
+    events = list(
+        generate_events(
+            SynthConfig(
+                n_events=n_events,
+                seed=seed,
+                n_tenants=n_tenants,
+                embedding_share=0.0,
+                rate_per_s=rate_per_s,
+            )
+        )
+    )
     bad = [raw for raw, _ in generate_bad_events(seed=bad_seed) if len(raw) < max_bad_bytes]
     stream = list(events)
     for i, raw in enumerate(bad):
@@ -157,8 +201,9 @@ def traffic(n_events: int, *, seed: int, n_tenants: int, rate_per_s: float, bad_
 
 
 async def produce(bootstrap: str, topic: str, events: list[bytes]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=10,
-                                max_batch_size=1 << 20)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=10, max_batch_size=1 << 20
+    )
     await producer.start()
     try:
         futures = [await producer.send(topic, raw, key=tenant_key(raw)) for raw in events]
@@ -167,17 +212,24 @@ async def produce(bootstrap: str, topic: str, events: list[bytes]) -> None:
         await producer.stop()
 
 
-async def produce_paced(bootstrap: str, topic: str, events: Sequence[bytes], *,
-                        chunk: int, pause_s: float,
-                        on_sent: Callable[[int], None] | None = None) -> None:
+async def produce_paced(
+    bootstrap: str,
+    topic: str,
+    events: Sequence[bytes],
+    *,
+    chunk: int,
+    pause_s: float,
+    on_sent: Callable[[int], None] | None = None,
+) -> None:
     """Produce ``events`` in chunks of ``chunk``, ``pause_s`` apart (a live stream);
     ``on_sent(n)`` after each chunk with the number acknowledged so far."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=10,
-                                max_batch_size=1 << 20)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=10, max_batch_size=1 << 20
+    )
     await producer.start()
     try:
         for i in range(0, len(events), chunk):
-            part = events[i:i + chunk]
+            part = events[i : i + chunk]
             futures = [await producer.send(topic, raw, key=tenant_key(raw)) for raw in part]
             await asyncio.gather(*futures)
             if on_sent is not None:
@@ -191,8 +243,15 @@ class Stream(threading.Thread):
     """:func:`produce_paced` in a background thread; ``sent`` counts acknowledged events,
     ``join()`` re-raises the producer's error."""
 
-    def __init__(self, bootstrap: str, topic: str, events: Sequence[bytes], *,
-                 chunk: int = 1000, pause_s: float = 0.2) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        events: Sequence[bytes],
+        *,
+        chunk: int = 1000,
+        pause_s: float = 0.2,
+    ) -> None:
         super().__init__(name="producer", daemon=True)
         self.args = (bootstrap, topic, events)
         self.chunk, self.pause_s = chunk, pause_s
@@ -201,8 +260,11 @@ class Stream(threading.Thread):
 
     def run(self) -> None:
         try:
-            asyncio.run(produce_paced(*self.args, chunk=self.chunk, pause_s=self.pause_s,
-                                      on_sent=self._count))
+            asyncio.run(
+                produce_paced(
+                    *self.args, chunk=self.chunk, pause_s=self.pause_s, on_sent=self._count
+                )
+            )
         except BaseException as exc:  # handed to the test thread by join()
             self.error = exc
 
@@ -228,8 +290,9 @@ async def read_all(
     bootstrap: str, topic: str, partitions: int = PARTITIONS
 ) -> dict[int, list[Any]]:
     """Every committed record of ``topic`` (the worker creates all with ``partitions``)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed",
-                                enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False
+    )
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in range(partitions)]
@@ -250,8 +313,12 @@ async def read_all(
         await consumer.stop()
 
 
-async def end_offsets(bootstrap: str, topic: str, partitions: int = PARTITIONS,
-                      isolation_level: str = "read_uncommitted") -> dict[int, int]:
+async def end_offsets(
+    bootstrap: str,
+    topic: str,
+    partitions: int = PARTITIONS,
+    isolation_level: str = "read_uncommitted",
+) -> dict[int, int]:
     """End offsets per partition: the high watermark, or with ``read_committed`` the last
     stable offset (held back by a transaction still open)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level=isolation_level)
@@ -269,8 +336,11 @@ async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int,
     await admin.start()
     try:
         committed = await admin.list_consumer_group_offsets(group)
-        return {tp.partition: meta.offset for tp, meta in committed.items()
-                if tp.topic == topic and meta.offset >= 0}
+        return {
+            tp.partition: meta.offset
+            for tp, meta in committed.items()
+            if tp.topic == topic and meta.offset >= 0
+        }
     finally:
         await admin.close()
 
@@ -312,9 +382,14 @@ async def group_caught_up(bootstrap: str, group: str, topic: str) -> bool:
         await admin.close()
 
 
-def wait_caught_up(broker: KafkaBroker, group: str, topic: str, workers: Workers,
-                   timeout_s: float = 300,
-                   alive: Sequence[subprocess.Popen[bytes]] | None = None) -> None:
+def wait_caught_up(
+    broker: KafkaBroker,
+    group: str,
+    topic: str,
+    workers: Workers,
+    timeout_s: float = 300,
+    alive: Sequence[subprocess.Popen[bytes]] | None = None,
+) -> None:
     """Block until the group committed every partition's end offset; the workers in
     ``alive`` (default: the last one started) must stay up meanwhile."""
     must_live = workers.procs[-1:] if alive is None else alive
@@ -327,8 +402,14 @@ def wait_caught_up(broker: KafkaBroker, group: str, topic: str, workers: Workers
     raise AssertionError("workers did not catch up:\n" + workers.logs())
 
 
-def drain_and_stop(broker: KafkaBroker, group: str, topic: str, workers: Workers,
-                   proc: subprocess.Popen[bytes], timeout_s: float = 300) -> None:
+def drain_and_stop(
+    broker: KafkaBroker,
+    group: str,
+    topic: str,
+    workers: Workers,
+    proc: subprocess.Popen[bytes],
+    timeout_s: float = 300,
+) -> None:
     """Wait until the group committed everything with ``proc`` alive, then SIGTERM it and
     require a clean exit (last flush and checkpoint done)."""
     wait_caught_up(broker, group, topic, workers, timeout_s, alive=[proc])
@@ -340,8 +421,9 @@ async def fence(bootstrap: str, transactional_id: str) -> None:
     """Do what a restarted worker slot does first: take over its transactional id, which
     aborts the transaction a killed incarnation left open (read_committed readers of the
     output topics wait for that otherwise, until the transaction times out)."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=transactional_id,
-                                enable_idempotence=True)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, transactional_id=transactional_id, enable_idempotence=True
+    )
     await producer.start()
     await producer.stop()
 
@@ -350,22 +432,26 @@ def wait_stable(bootstrap: str, topics: Sequence[str], timeout_s: float = 30) ->
     """Block until no transaction is open on ``topics`` (last stable offset = high watermark)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if all(asyncio.run(end_offsets(bootstrap, t, isolation_level="read_committed"))
-               == asyncio.run(end_offsets(bootstrap, t)) for t in topics):
+        if all(
+            asyncio.run(end_offsets(bootstrap, t, isolation_level="read_committed"))
+            == asyncio.run(end_offsets(bootstrap, t))
+            for t in topics
+        ):
             return
         time.sleep(0.5)
     raise AssertionError(f"a transaction stays open on {topics}")
 
 
-def reference_budget_alerts(by_partition: dict[int, list[Any]],
-                            budgets: dict[str, Any] | None = None) -> set[str]:
+def reference_budget_alerts(
+    by_partition: dict[int, list[Any]], budgets: dict[str, Any] | None = None
+) -> set[str]:
     """Budget alert ids of a fresh engine fed each partition in order, never interrupted."""
     config = BudgetConfig.model_validate(BUDGETS if budgets is None else budgets)
     ids: set[str] = set()
     for recs in by_partition.values():
         engine = Engine(EngineConfig(prices=PriceTable(), budgets=config))
         for i in range(0, len(recs), 5000):
-            out = engine.process([r.value for r in recs[i:i + 5000]])
+            out = engine.process([r.value for r in recs[i : i + 5000]])
             ids |= {a.alert_id for a in out.alerts if a.type == "budget"}
     return ids
 
@@ -388,12 +474,20 @@ def latest_budget_states(bootstrap: str, prefix: str) -> dict[tuple[str, str], d
     return latest
 
 
-TOTAL_KEYS = ("calls", "input_tokens", "output_tokens", "cache_read_tokens",
-              "cache_write_tokens", "retrieval_calls", "stale_calls")
+TOTAL_KEYS = (
+    "calls",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "retrieval_calls",
+    "stale_calls",
+)
 
 
-def assert_totals_exact(report: dict[str, Any], events: Sequence[bytes],
-                        bad: Sequence[bytes]) -> None:
+def assert_totals_exact(
+    report: dict[str, Any], events: Sequence[bytes], bad: Sequence[bytes]
+) -> None:
     """``report --json`` per-tenant totals equal an independent per-event computation
     (counts exactly, cost to 1e-9 relative), and every bad event was rejected once."""
     got = report["tenants"]
@@ -404,9 +498,15 @@ def assert_totals_exact(report: dict[str, Any], events: Sequence[bytes],
     assert sum(t["rejected"] for t in got.values()) == len(bad)
 
 
-def assert_budget_alerts_once(bootstrap: str, topic: str, prefix: str, report: dict[str, Any],
-                              *, budgets: dict[str, Any] | None = None,
-                              min_alerts: int = 1) -> None:
+def assert_budget_alerts_once(
+    bootstrap: str,
+    topic: str,
+    prefix: str,
+    report: dict[str, Any],
+    *,
+    budgets: dict[str, Any] | None = None,
+    min_alerts: int = 1,
+) -> None:
     """The budget alerts on the topic and in ClickHouse are exactly those the reference
     computes from the input topic with ``budgets`` (default :data:`BUDGETS`, as
     :class:`Workers`): none lost, none invented, none published twice."""

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from llmops_stream.stream.kafka_broker import KafkaBroker
+from llmops_stream.stream.dev.kafka_broker import KafkaBroker
 
 
 @pytest.fixture(scope="session")

@@ -19,17 +19,16 @@ from chdb_front import FrontProcess, reachable
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 from expected import expected_totals
 
-from llmops_stream.stream.budgets import BudgetConfig
-from llmops_stream.stream.engine import Engine, EngineConfig
-from llmops_stream.stream.pricing import PriceTable
-from llmops_stream.stream.report import budget_states, build_report
-from llmops_stream.stream.sink_clickhouse import ClickHouseSink, apply_schema, connect
-from llmops_stream.stream.synth import SynthConfig, generate_bad_events, generate_events
+from llmops_stream.stream.clickhouse.report import budget_states, build_report
+from llmops_stream.stream.clickhouse.sink import ClickHouseSink, apply_schema, connect
+from llmops_stream.stream.core.budgets import BudgetConfig
+from llmops_stream.stream.core.engine import Engine, EngineConfig
+from llmops_stream.stream.core.pricing import PriceTable
+from llmops_stream.stream.dev.synth import SynthConfig, generate_bad_events, generate_events
 
 pytestmark = pytest.mark.integration
 
-BUDGETS = {"default": [{"id": "h", "limit_usd": 0.5, "window": "1h", "soft": [0.5],
-                        "hard": 1.0}]}
+BUDGETS = {"default": [{"id": "h", "limit_usd": 0.5, "window": "1h", "soft": [0.5], "hard": 1.0}]}
 
 
 @pytest.fixture(scope="module")
@@ -49,15 +48,21 @@ def test_handshake_command_and_query_parameters(front: FrontProcess) -> None:
     assert client.server_version.split(".")[0].isdigit()
     assert client.command("SELECT 40 + 2") == 42
     client.command("CREATE DATABASE IF NOT EXISTS fq")
-    client.command("CREATE TABLE IF NOT EXISTS fq.t (k String, n Int64, ts DateTime64(3, 'UTC')) "
-                   "ENGINE = MergeTree ORDER BY k")
+    client.command(
+        "CREATE TABLE IF NOT EXISTS fq.t (k String, n Int64, ts DateTime64(3, 'UTC')) "
+        "ENGINE = MergeTree ORDER BY k"
+    )
     client.command("INSERT INTO fq.t VALUES ('a', 1, 1000), ('it''s', 2, 2000), ('c', 3, 3000)")
     # client-side binding (the worker's style) and server-side {name:Type} binding
-    rows = client.query("SELECT k, n FROM fq.t WHERE n >= %(lo)s AND k != %(no)s ORDER BY n",
-                        parameters={"lo": 2, "no": "c"}).result_rows
+    rows = client.query(
+        "SELECT k, n FROM fq.t WHERE n >= %(lo)s AND k != %(no)s ORDER BY n",
+        parameters={"lo": 2, "no": "c"},
+    ).result_rows
     assert rows == [("it's", 2)]
-    rows = client.query("SELECT k, toUnixTimestamp64Milli(ts) FROM fq.t WHERE k = {k:String}",
-                        parameters={"k": "it's"}).result_rows
+    rows = client.query(
+        "SELECT k, toUnixTimestamp64Milli(ts) FROM fq.t WHERE k = {k:String}",
+        parameters={"k": "it's"},
+    ).result_rows
     assert rows == [("it's", 2_000_000)]  # an integer into DateTime64 is seconds
     ts = client.query("SELECT ts FROM fq.t WHERE n = 3").result_rows[0][0]
     assert ts.replace(tzinfo=None).isoformat() == "1970-01-01T00:50:00"
@@ -72,12 +77,15 @@ def test_handshake_command_and_query_parameters(front: FrontProcess) -> None:
 def test_insert_arrow_deduplicates_by_token(front: FrontProcess) -> None:
     client = client_of(front)
     client.command("CREATE DATABASE IF NOT EXISTS fd")
-    client.command("CREATE TABLE IF NOT EXISTS fd.t (k String, n Int64) ENGINE = MergeTree "
-                   "ORDER BY k SETTINGS non_replicated_deduplication_window = 1000")
+    client.command(
+        "CREATE TABLE IF NOT EXISTS fd.t (k String, n Int64) ENGINE = MergeTree "
+        "ORDER BY k SETTINGS non_replicated_deduplication_window = 1000"
+    )
     table = pa.table({"k": ["a", "b", "c"], "n": pa.array([1, 2, 3], pa.int64())})
     for _ in range(2):
-        summary = client.insert_arrow("fd.t", table,
-                                      settings={"insert_deduplication_token": "seg-1"})
+        summary = client.insert_arrow(
+            "fd.t", table, settings={"insert_deduplication_token": "seg-1"}
+        )
         assert summary.written_rows == 3
     assert client.command("SELECT count() FROM fd.t") == 3
     client.insert_arrow("fd.t", table, settings={"insert_deduplication_token": "seg-2"})
@@ -92,21 +100,26 @@ def test_insert_arrow_deduplicates_by_token(front: FrontProcess) -> None:
 def test_concurrent_clients_are_served_one_statement_at_a_time(front: FrontProcess) -> None:
     setup = client_of(front)
     setup.command("CREATE DATABASE IF NOT EXISTS fc")
-    setup.command("CREATE TABLE IF NOT EXISTS fc.t (w Int32, i Int32) ENGINE = MergeTree "
-                  "ORDER BY (w, i) SETTINGS non_replicated_deduplication_window = 1000")
+    setup.command(
+        "CREATE TABLE IF NOT EXISTS fc.t (w Int32, i Int32) ENGINE = MergeTree "
+        "ORDER BY (w, i) SETTINGS non_replicated_deduplication_window = 1000"
+    )
     errors: list[BaseException] = []
 
     def writer(w: int) -> None:
         try:
             client = client_of(front)
             for i in range(10):
-                tbl = pa.table({"w": pa.array([w] * 5, pa.int32()),
-                                "i": pa.array([i] * 5, pa.int32())})
+                tbl = pa.table(
+                    {"w": pa.array([w] * 5, pa.int32()), "i": pa.array([i] * 5, pa.int32())}
+                )
                 # every writer uses its own tokens; a token shared by mistake would drop rows
-                client.insert_arrow("fc.t", tbl,
-                                    settings={"insert_deduplication_token": f"{w}:{i}"})
-                assert client.query("SELECT count() FROM fc.t WHERE w = %(w)s",
-                                    parameters={"w": w}).result_rows == [((i + 1) * 5,)]
+                client.insert_arrow(
+                    "fc.t", tbl, settings={"insert_deduplication_token": f"{w}:{i}"}
+                )
+                assert client.query(
+                    "SELECT count() FROM fc.t WHERE w = %(w)s", parameters={"w": w}
+                ).result_rows == [((i + 1) * 5,)]
         except BaseException as exc:  # reported to the test thread below
             errors.append(exc)
 
@@ -123,13 +136,23 @@ def test_schema_sink_flush_and_report_through_the_front(front: FrontProcess) -> 
     client = connect(front.url, "fs")  # the worker's own path: http:// + apply_schema
     apply_schema(client, "fs")  # idempotent: the exact DDL again
     tables = set(client.command("SHOW TABLES FROM fs").split("\n"))
-    assert {"llm_calls", "llm_usage_1m", "llm_budget_state", "llm_alerts", "llm_rejected",
-            "llm_eval_candidates", "llm_segments", "llm_engine_state"} <= tables
+    assert {
+        "llm_calls",
+        "llm_usage_1m",
+        "llm_budget_state",
+        "llm_alerts",
+        "llm_rejected",
+        "llm_eval_candidates",
+        "llm_segments",
+        "llm_engine_state",
+    } <= tables
 
-    events = list(generate_events(SynthConfig(n_events=3000, seed=5, n_tenants=4,
-                                              embedding_share=0.2, rate_per_s=5.0)))
-    engine = Engine(EngineConfig(prices=PriceTable(),
-                                 budgets=BudgetConfig.model_validate(BUDGETS)))
+    events = list(
+        generate_events(
+            SynthConfig(n_events=3000, seed=5, n_tenants=4, embedding_share=0.2, rate_per_s=5.0)
+        )
+    )
+    engine = Engine(EngineConfig(prices=PriceTable(), budgets=BudgetConfig.model_validate(BUDGETS)))
     alert_ids: set[str] = set()
     sink = ClickHouseSink(client, "fs")
     for i, part in enumerate((events[:1500], events[1500:])):
@@ -145,8 +168,15 @@ def test_schema_sink_flush_and_report_through_the_front(front: FrontProcess) -> 
     assert set(report["tenants"]) == set(expected)
     for tenant, exp in expected.items():
         got = report["tenants"][tenant]
-        for key in ("calls", "input_tokens", "output_tokens", "cache_read_tokens",
-                    "cache_write_tokens", "retrieval_calls", "stale_calls"):
+        for key in (
+            "calls",
+            "input_tokens",
+            "output_tokens",
+            "cache_read_tokens",
+            "cache_write_tokens",
+            "retrieval_calls",
+            "stale_calls",
+        ):
             assert got[key] == exp[key], (tenant, key)
         assert got["cost_usd"] == pytest.approx(exp["cost_usd"], rel=1e-9, abs=1e-12)
     assert alert_ids, "the budget is sized to be crossed"
@@ -188,19 +218,27 @@ class OutageBefore:
         return getattr(self.client, name)
 
 
-@pytest.mark.parametrize("table", [
-    "llm_calls", "llm_usage_1m",
-    "llm_rejected", "llm_alerts", "llm_budget_state",
-])
+@pytest.mark.parametrize(
+    "table",
+    [
+        "llm_calls",
+        "llm_usage_1m",
+        "llm_rejected",
+        "llm_alerts",
+        "llm_budget_state",
+    ],
+)
 def test_flush_retried_after_an_outage_mid_flush_stores_everything_once(
     front: FrontProcess, table: str
 ) -> None:
     db = "fo_" + table
-    events = list(generate_events(SynthConfig(n_events=2000, seed=9, n_tenants=3,
-                                              embedding_share=0.0, rate_per_s=5.0)))
+    events = list(
+        generate_events(
+            SynthConfig(n_events=2000, seed=9, n_tenants=3, embedding_share=0.0, rate_per_s=5.0)
+        )
+    )
     bad = [raw for raw, _ in generate_bad_events(seed=3) if len(raw) < 100_000]
-    engine = Engine(EngineConfig(prices=PriceTable(),
-                                 budgets=BudgetConfig.model_validate(BUDGETS)))
+    engine = Engine(EngineConfig(prices=PriceTable(), budgets=BudgetConfig.model_validate(BUDGETS)))
     out = engine.process(events + bad)
     assert out.alerts, "the budget is sized to be crossed"
     flaky = OutageBefore(connect(front.url, db), front, table)
@@ -215,8 +253,9 @@ def test_flush_retried_after_an_outage_mid_flush_stores_everything_once(
     expected = expected_totals(events)
     for tenant, exp in expected.items():
         assert report["tenants"][tenant]["calls"] == exp["calls"]
-        assert report["tenants"][tenant]["cost_usd"] == pytest.approx(exp["cost_usd"],
-                                                                      rel=1e-9, abs=1e-12)
+        assert report["tenants"][tenant]["cost_usd"] == pytest.approx(
+            exp["cost_usd"], rel=1e-9, abs=1e-12
+        )
     assert sum(t["rejected"] for t in report["tenants"].values()) == len(bad)
     assert {a["alert_id"] for a in report["alerts"]} == {a.alert_id for a in out.alerts}
     assert {s[0] for s in budget_states(flaky.client, db)} == set(expected)

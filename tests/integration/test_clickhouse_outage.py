@@ -38,8 +38,8 @@ from workers import (
     wait_members,
 )
 
-from llmops_stream.stream.kafka_broker import KafkaBroker
-from llmops_stream.stream.synth import SynthConfig, generate_events
+from llmops_stream.stream.dev.kafka_broker import KafkaBroker
+from llmops_stream.stream.dev.synth import SynthConfig, generate_events
 
 pytestmark = pytest.mark.integration
 
@@ -59,12 +59,27 @@ def test_clickhouse_outage_backpressure_then_catch_up(
     bootstrap = kafka_broker.bootstrap_servers
     topic, group, prefix = unique_name("calls"), unique_name("g"), unique_name("out") + "."
     kafka_broker.create_topics({topic: PARTITIONS})
-    events, bad, stream = traffic(30_000, seed=41, n_tenants=10, rate_per_s=1.0,
-                                  bad_seed=5, max_bad_bytes=100_000, spacing=1009)
+    events, bad, stream = traffic(
+        30_000,
+        seed=41,
+        n_tenants=10,
+        rate_per_s=1.0,
+        bad_seed=5,
+        max_bad_bytes=100_000,
+        spacing=1009,
+    )
 
     with FrontProcess(tmp_path / "ch", tmp_path / "front.log") as front:
-        workers = Workers(kafka_broker, tmp_path, topic, group, prefix,
-                          clickhouse=front.url, database="outage", budgets=BUDGETS)
+        workers = Workers(
+            kafka_broker,
+            tmp_path,
+            topic,
+            group,
+            prefix,
+            clickhouse=front.url,
+            database="outage",
+            budgets=BUDGETS,
+        )
         try:
             worker = workers.start("w0")
             workers.wait_assigned(worker)
@@ -102,13 +117,18 @@ def test_clickhouse_outage_backpressure_then_catch_up(
 
         report = workers.report()
         assert_totals_exact(report, events, bad)
-        assert_budget_alerts_once(bootstrap, topic, prefix, report,
-                                  budgets=BUDGETS, min_alerts=51)
+        assert_budget_alerts_once(bootstrap, topic, prefix, report, budgets=BUDGETS, min_alerts=51)
         assert_dlq_exact(bootstrap, prefix, bad)
 
 
-def wait_checkpointed(front_url: str, group: str, bootstrap: str, topic: str,
-                      trickle: list[bytes], timeout_s: float = 60) -> None:
+def wait_checkpointed(
+    front_url: str,
+    group: str,
+    bootstrap: str,
+    topic: str,
+    trickle: list[bytes],
+    timeout_s: float = 60,
+) -> None:
     """Block until every partition's checkpoint is at its committed offset (a worker then
     has nothing to write when it gives its partitions up). A checkpoint is taken after a
     flush at most once a second, so a few events are sent now and then to cause flushes."""
@@ -118,10 +138,14 @@ def wait_checkpointed(front_url: str, group: str, bootstrap: str, topic: str,
     while time.monotonic() < deadline:
         time.sleep(1.2)
         committed = asyncio.run(committed_offsets(bootstrap, group, topic))
-        rows = {int(p): int(o) for p, o in client.query(
-            "SELECT partition, max(offset) FROM outage.llm_engine_state "
-            "WHERE group_id = %(g)s GROUP BY partition", parameters={"g": group},
-        ).result_rows}
+        rows = {
+            int(p): int(o)
+            for p, o in client.query(
+                "SELECT partition, max(offset) FROM outage.llm_engine_state "
+                "WHERE group_id = %(g)s GROUP BY partition",
+                parameters={"g": group},
+            ).result_rows
+        }
         if len(committed) == PARTITIONS and all(rows.get(p) == o for p, o in committed.items()):
             return
         asyncio.run(produce(bootstrap, topic, trickle[:8]))
@@ -135,13 +159,24 @@ def test_clickhouse_down_during_a_rebalance_moved_partitions_wait_for_it(
     bootstrap = kafka_broker.bootstrap_servers
     topic, group, prefix = unique_name("calls"), unique_name("g"), unique_name("out") + "."
     kafka_broker.create_topics({topic: PARTITIONS})
-    events = list(generate_events(SynthConfig(n_events=12_000, seed=43, n_tenants=8,
-                                              embedding_share=0.0, rate_per_s=1.0)))
+    events = list(
+        generate_events(
+            SynthConfig(n_events=12_000, seed=43, n_tenants=8, embedding_share=0.0, rate_per_s=1.0)
+        )
+    )
     first, trickle, last = events[:6000], events[6000:6400], events[6400:]
 
     with FrontProcess(tmp_path / "ch", tmp_path / "front.log") as front:
-        workers = Workers(kafka_broker, tmp_path, topic, group, prefix,
-                          clickhouse=front.url, database="outage", budgets=BUDGETS)
+        workers = Workers(
+            kafka_broker,
+            tmp_path,
+            topic,
+            group,
+            prefix,
+            clickhouse=front.url,
+            database="outage",
+            budgets=BUDGETS,
+        )
         try:
             w1, w2 = workers.start("w1"), workers.start("w2")
             for w in (w1, w2):
@@ -150,7 +185,7 @@ def test_clickhouse_down_during_a_rebalance_moved_partitions_wait_for_it(
             wait_caught_up(kafka_broker, group, topic, workers, alive=[w1, w2])
             pending = list(trickle)
             wait_checkpointed(front.url, group, bootstrap, topic, pending)
-            sent = first + trickle[:len(trickle) - len(pending)]
+            sent = first + trickle[: len(trickle) - len(pending)]
             wait_caught_up(kafka_broker, group, topic, workers, alive=[w1, w2])
 
             front.pause()

@@ -21,8 +21,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.structs import ConsumerRecord
 
-from llmops_stream.stream import kafka_broker as kb
-from llmops_stream.stream.kafka_broker import KafkaBroker, KafkaBrokerError
+from llmops_stream.stream.dev import kafka_broker as kb
+from llmops_stream.stream.dev.kafka_broker import KafkaBroker, KafkaBrokerError
 
 pytestmark = pytest.mark.integration
 
@@ -324,7 +324,7 @@ def test_port_taken_between_choice_and_bind_is_retried(
 def test_command_line_start_status_stop(kafka_broker: KafkaBroker, tmp_path: Path) -> None:
     # kafka_broker is requested only so that the jars are known to be fetched already.
     state = tmp_path / "state"
-    cli = [sys.executable, "-m", "llmops_stream.stream.kafka_broker"]
+    cli = [sys.executable, "-m", "llmops_stream.stream.dev.kafka_broker"]
     env = {**os.environ, "LLMOPS_KAFKA_CACHE": str(kafka_broker.cache_dir)}
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:

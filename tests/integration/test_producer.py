@@ -22,13 +22,17 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
 from pydantic import SecretStr
 
-from llmops_stream.stream.decode import decode_batch
-from llmops_stream.stream.errors import ConfigError
-from llmops_stream.stream.kafka_broker import KafkaBroker
-from llmops_stream.stream.loadgen import run_loadgen, tenant_key
+from llmops_stream.stream.core.decode import decode_batch
+from llmops_stream.stream.core.errors import ConfigError
+from llmops_stream.stream.dev.kafka_broker import KafkaBroker
+from llmops_stream.stream.dev.loadgen import run_loadgen, tenant_key
+from llmops_stream.stream.kafka.producer import (
+    CallEventProducer,
+    DeliveryError,
+    kafka_security_kwargs,
+)
 from llmops_stream.stream.normalize import call_event
-from llmops_stream.stream.producer import CallEventProducer, DeliveryError, kafka_security_kwargs
-from llmops_stream.stream.settings import Settings
+from llmops_stream.stream.runtime.settings import Settings
 
 pytestmark = pytest.mark.integration
 

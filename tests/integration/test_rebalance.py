@@ -36,7 +36,7 @@ from workers import (
     wait_stable,
 )
 
-from llmops_stream.stream.kafka_broker import KafkaBroker
+from llmops_stream.stream.dev.kafka_broker import KafkaBroker
 
 pytestmark = pytest.mark.integration
 
@@ -54,11 +54,12 @@ BUDGETS = {
 def owned(log_text: str) -> set[int]:
     """Partitions of a worker's latest assignment, when two workers share the topic
     (eager rebalancing: each assignment logs all of its partitions, here half of them)."""
-    return {a["partition"] for a in assignments(log_text)[-(PARTITIONS // 2):]}
+    return {a["partition"] for a in assignments(log_text)[-(PARTITIONS // 2) :]}
 
 
-def wait_split(workers: Workers, a: Any, b: Any, timeout_s: float = 90) -> tuple[set[int],
-                                                                                  set[int]]:
+def wait_split(
+    workers: Workers, a: Any, b: Any, timeout_s: float = 90
+) -> tuple[set[int], set[int]]:
     """Block until workers ``a`` and ``b`` each own half of the partitions."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -67,22 +68,25 @@ def wait_split(workers: Workers, a: Any, b: Any, timeout_s: float = 90) -> tuple
         if len(pa) == len(pb) == PARTITIONS // 2 and not pa & pb:
             return pa, pb
         time.sleep(0.2)
-    raise AssertionError("the partitions were not split between the workers:\n"
-                         + workers.logs())
+    raise AssertionError("the partitions were not split between the workers:\n" + workers.logs())
 
 
-def wait_checkpoints(client: Any, group: str, bootstrap: str, topic: str,
-                     timeout_s: float = 60) -> None:
+def wait_checkpoints(
+    client: Any, group: str, bootstrap: str, topic: str, timeout_s: float = 60
+) -> None:
     """Block until every partition has committed offsets and a checkpoint past offset 0."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         rows = client.query(
             f"SELECT partition, max(offset) FROM {DB}.llm_engine_state "  # noqa: S608 - constant
-            "WHERE group_id = %(g)s GROUP BY partition", parameters={"g": group},
+            "WHERE group_id = %(g)s GROUP BY partition",
+            parameters={"g": group},
         ).result_rows
         committed = asyncio.run(committed_offsets(bootstrap, group, topic))
-        if (len([p for p, off in rows if off > 0]) == PARTITIONS
-                and len([o for o in committed.values() if o > 0]) == PARTITIONS):
+        if (
+            len([p for p, off in rows if off > 0]) == PARTITIONS
+            and len([o for o in committed.values() if o > 0]) == PARTITIONS
+        ):
             return
         time.sleep(0.3)
     raise AssertionError("no checkpoint on every partition")
@@ -94,13 +98,28 @@ def test_kill_one_of_two_workers_state_follows_partitions(
     bootstrap = kafka_broker.bootstrap_servers
     topic, group, prefix = unique_name("calls"), unique_name("g"), unique_name("out") + "."
     kafka_broker.create_topics({topic: PARTITIONS})
-    events, bad, stream = traffic(40_000, seed=31, n_tenants=12, rate_per_s=1.0,
-                                  bad_seed=4, max_bad_bytes=100_000, spacing=997)
+    events, bad, stream = traffic(
+        40_000,
+        seed=31,
+        n_tenants=12,
+        rate_per_s=1.0,
+        bad_seed=4,
+        max_bad_bytes=100_000,
+        spacing=997,
+    )
 
     with FrontProcess(tmp_path / "ch", tmp_path / "front.log") as front:
         host, port = front.url.removeprefix("http://").split(":")
-        workers = Workers(kafka_broker, tmp_path, topic, group, prefix,
-                          clickhouse=front.url, database=DB, budgets=BUDGETS)
+        workers = Workers(
+            kafka_broker,
+            tmp_path,
+            topic,
+            group,
+            prefix,
+            clickhouse=front.url,
+            database=DB,
+            budgets=BUDGETS,
+        )
         try:
             w1, w2 = workers.start("w1"), workers.start("w2")
             for w in (w1, w2):
@@ -141,8 +160,7 @@ def test_kill_one_of_two_workers_state_follows_partitions(
         assert_totals_exact(report, events, bad)
 
         wait_stable(bootstrap, [prefix + "llm.alerts.budget", prefix + "llm.budget.state"])
-        assert_budget_alerts_once(bootstrap, topic, prefix, report,
-                                  budgets=BUDGETS, min_alerts=51)
+        assert_budget_alerts_once(bootstrap, topic, prefix, report, budgets=BUDGETS, min_alerts=51)
 
         # Budget state followed the partitions: the compacted topic's latest state per
         # tenant and budget is ClickHouse's final one.
@@ -151,7 +169,8 @@ def test_kill_one_of_two_workers_state_follows_partitions(
             (t, b): (spend, status)
             for t, b, spend, status in client.query(
                 f"SELECT tenant_id, budget_id, spend_usd, status "  # noqa: S608 - constant
-                f"FROM {DB}.llm_budget_state FINAL").result_rows
+                f"FROM {DB}.llm_budget_state FINAL"
+            ).result_rows
         }
         on_topic = latest_budget_states(bootstrap, prefix)
         tenants = expected_totals(events)

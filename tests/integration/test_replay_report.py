@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from expected import expected_totals
 
-from llmops_stream.stream.synth import (
+from llmops_stream.stream.dev.synth import (
     SynthConfig,
     generate_bad_events,
     generate_eval_set,
@@ -38,14 +38,27 @@ BUDGETS = {
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "llmops_stream.stream.cli", *args],
-        env=env, capture_output=True, text=True, timeout=600, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
 
 
 def test_replay_report_equals_independent_totals(tmp_path: Path) -> None:
-    events = list(generate_events(SynthConfig(n_events=30_000, seed=11, n_tenants=12,
-                                              embedding_share=0.4, embedding_model=MODEL,
-                                              array_embedding_share=0.1)))
+    events = list(
+        generate_events(
+            SynthConfig(
+                n_events=30_000,
+                seed=11,
+                n_tenants=12,
+                embedding_share=0.4,
+                embedding_model=MODEL,
+                array_embedding_share=0.1,
+            )
+        )
+    )
     # a blank line is no event in a JSONL file (an empty Kafka message is rejected instead)
     bad = [(raw, reason) for raw, reason in generate_bad_events(seed=5) if raw.strip()]
     lines = list(events)
@@ -57,12 +70,15 @@ def test_replay_report_equals_independent_totals(tmp_path: Path) -> None:
     write_jsonl(eval_path, generate_eval_set(n=500, dim=384, seed=11, embedding_model=MODEL))
     budgets = tmp_path / "budgets.json"
     budgets.write_text(json.dumps(BUDGETS))
-    env = {**os.environ, "LLMOPS_CLICKHOUSE": f"chdb://{tmp_path / 'ch'}",
-           "LLMOPS_CLICKHOUSE_DATABASE": "replay_test", "LLMOPS_EVAL_THRESHOLD": str(THRESHOLD),
-           "LLMOPS_BATCH_SIZE": "7000"}
+    env = {
+        **os.environ,
+        "LLMOPS_CLICKHOUSE": f"chdb://{tmp_path / 'ch'}",
+        "LLMOPS_CLICKHOUSE_DATABASE": "replay_test",
+        "LLMOPS_EVAL_THRESHOLD": str(THRESHOLD),
+        "LLMOPS_BATCH_SIZE": "7000",
+    }
 
-    run = cli("replay", str(data), "--eval-set", str(eval_path), "--budgets", str(budgets),
-              env=env)
+    run = cli("replay", str(data), "--eval-set", str(eval_path), "--budgets", str(budgets), env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     rep = cli("report", "--json", env=env)
     assert rep.returncode == 0, rep.stderr[-3000:]
@@ -81,9 +97,17 @@ def test_replay_report_equals_independent_totals(tmp_path: Path) -> None:
     assert set(got) == set(expected) | set(bad_by_tenant)
     for tenant, exp in expected.items():
         g = got[tenant]
-        for k in ("calls", "input_tokens", "output_tokens", "cache_read_tokens",
-                  "cache_write_tokens", "scored_calls", "uncovered_calls", "retrieval_calls",
-                  "stale_calls"):
+        for k in (
+            "calls",
+            "input_tokens",
+            "output_tokens",
+            "cache_read_tokens",
+            "cache_write_tokens",
+            "scored_calls",
+            "uncovered_calls",
+            "retrieval_calls",
+            "stale_calls",
+        ):
             assert g[k] == exp[k], (tenant, k, g[k], exp[k])
         assert g["cost_usd"] == pytest.approx(exp["cost_usd"], rel=1e-9, abs=1e-12)
     assert sum(t["rejected"] for t in got.values()) == len(bad)
@@ -92,14 +116,17 @@ def test_replay_report_equals_independent_totals(tmp_path: Path) -> None:
 
     budget_alerts = [a for a in report["alerts"] if a["type"] == "budget"]
     assert budget_alerts, "the budgets above are sized so that tenants cross them"
-    crossings = [(a["tenant_id"], a["details"]["budget_id"], a["details"]["level"],
-                  a["window_start"]) for a in budget_alerts]
+    crossings = [
+        (a["tenant_id"], a["details"]["budget_id"], a["details"]["level"], a["window_start"])
+        for a in budget_alerts
+    ]
     assert len(set(crossings)) == len(crossings)
     assert len({a["alert_id"] for a in report["alerts"]}) == len(report["alerts"])
 
     # replaying the same file again stores nothing twice
-    again = cli("replay", str(data), "--eval-set", str(eval_path), "--budgets", str(budgets),
-                env=env)
+    again = cli(
+        "replay", str(data), "--eval-set", str(eval_path), "--budgets", str(budgets), env=env
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads(cli("report", "--json", env=env).stdout) == report
 

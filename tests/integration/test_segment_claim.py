@@ -17,12 +17,12 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from chdb_front import FrontProcess
 from workers import produce, read_all, traffic
 
-from llmops_stream.stream.engine import Engine, EngineConfig
-from llmops_stream.stream.kafka_broker import KafkaBroker
-from llmops_stream.stream.pricing import PriceTable
-from llmops_stream.stream.settings import Settings
-from llmops_stream.stream.sink_clickhouse import ClickHouseSink, apply_schema, connect
-from llmops_stream.stream.worker import PartitionRun, Worker, _Part
+from llmops_stream.stream.clickhouse.sink import ClickHouseSink, apply_schema, connect
+from llmops_stream.stream.core.engine import Engine, EngineConfig
+from llmops_stream.stream.core.pricing import PriceTable
+from llmops_stream.stream.dev.kafka_broker import KafkaBroker
+from llmops_stream.stream.kafka.worker import PartitionRun, Worker, _Part
+from llmops_stream.stream.runtime.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -31,18 +31,29 @@ DB = "claims"
 
 def segment(worker: Worker, tp: TopicPartition, records: list[Any], end: int) -> _Part:
     """A fresh run of ``worker`` that processed ``records[:end]`` from offset 0, cut there."""
-    run = PartitionRun(tp=tp, engine=Engine(worker.engine_config()), committed=0,
-                       seg_start=0, next_offset=0, forced_end=None,
-                       sink=ClickHouseSink(worker.client, DB))
+    run = PartitionRun(
+        tp=tp,
+        engine=Engine(worker.engine_config()),
+        committed=0,
+        seg_start=0,
+        next_offset=0,
+        forced_end=None,
+        sink=ClickHouseSink(worker.client, DB),
+    )
     worker.runs[tp] = run
     worker._process(run, records[:end])
-    return _Part(run=run, start=0, end=end, sink=run.sink, records=[], alert_types=[],
-                 snapshot=None)
+    return _Part(
+        run=run, start=0, end=end, sink=run.sink, records=[], alert_types=[], snapshot=None
+    )
 
 
 def calls_by_offset(client: Any) -> list[int]:
-    return [int(r[0]) for r in client.query(
-        f"SELECT kafka_offset FROM {DB}.llm_calls ORDER BY kafka_offset").result_rows]  # noqa: S608 - constant
+    return [
+        int(r[0])
+        for r in client.query(
+            f"SELECT kafka_offset FROM {DB}.llm_calls ORDER BY kafka_offset"  # noqa: S608
+        ).result_rows
+    ]
 
 
 def test_second_claim_of_a_start_writes_nothing_and_retakes_the_partition(
@@ -50,8 +61,9 @@ def test_second_claim_of_a_start_writes_nothing_and_retakes_the_partition(
 ) -> None:
     topic, group = unique_name("calls"), unique_name("g")
     kafka_broker.create_topics({topic: 1})
-    events, _, _ = traffic(300, seed=3, n_tenants=4, rate_per_s=20.0, bad_seed=0,
-                           max_bad_bytes=0, spacing=1)
+    events, _, _ = traffic(
+        300, seed=3, n_tenants=4, rate_per_s=20.0, bad_seed=0, max_bad_bytes=0, spacing=1
+    )
     asyncio.run(produce(kafka_broker.bootstrap_servers, topic, events))
     records = asyncio.run(read_all(kafka_broker.bootstrap_servers, topic, partitions=1))[0]
     tp = TopicPartition(topic, 0)
@@ -72,8 +84,11 @@ def test_second_claim_of_a_start_writes_nothing_and_retakes_the_partition(
         # the second cut the same start at 150: nothing of it is written; it takes the
         # partition up again from the committed offset (0), bound to end at the claim
         async def second_flush() -> PartitionRun:
-            consumer = AIOKafkaConsumer(bootstrap_servers=kafka_broker.bootstrap_servers,
-                                        group_id=group, enable_auto_commit=False)
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=kafka_broker.bootstrap_servers,
+                group_id=group,
+                enable_auto_commit=False,
+            )
             await consumer.start()
             try:
                 consumer.assign([tp])
@@ -90,8 +105,12 @@ def test_second_claim_of_a_start_writes_nothing_and_retakes_the_partition(
 
         retaken = asyncio.run(second_flush())
         assert calls_by_offset(client) == stored, "rows of a lost claim were written"
-        assert (retaken.committed, retaken.seg_start, retaken.next_offset,
-                retaken.forced_end) == (0, 0, 0, 100)
+        assert (retaken.committed, retaken.seg_start, retaken.next_offset, retaken.forced_end) == (
+            0,
+            0,
+            0,
+            100,
+        )
         assert second.metrics.segments_lost._value.get() == 1
 
         # following the claim, its redo of [0, 100) is accepted and stores nothing twice

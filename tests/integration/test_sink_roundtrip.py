@@ -15,7 +15,7 @@ import pytest
 from chdb_front import FrontProcess
 from sink_cases import chdb_roundtrip, check_roundtrip, engine_outputs, with_huge_counts
 
-from llmops_stream.stream.sink_clickhouse import apply_schema, connect
+from llmops_stream.stream.clickhouse.sink import apply_schema, connect
 
 pytestmark = pytest.mark.integration
 

@@ -28,7 +28,7 @@ from workers import (
     traffic,
 )
 
-from llmops_stream.stream.kafka_broker import KafkaBroker
+from llmops_stream.stream.dev.kafka_broker import KafkaBroker
 
 pytestmark = pytest.mark.integration
 
@@ -38,8 +38,15 @@ def test_kill_9_three_times_totals_exact_alerts_once(
 ) -> None:
     topic, group, prefix = unique_name("calls"), unique_name("g"), unique_name("out") + "."
     kafka_broker.create_topics({topic: PARTITIONS})
-    events, bad, stream = traffic(200_000, seed=21, n_tenants=15, rate_per_s=20.0,
-                                  bad_seed=2, max_bad_bytes=900_000, spacing=3989)
+    events, bad, stream = traffic(
+        200_000,
+        seed=21,
+        n_tenants=15,
+        rate_per_s=20.0,
+        bad_seed=2,
+        max_bad_bytes=900_000,
+        spacing=3989,
+    )
     asyncio.run(produce(kafka_broker.bootstrap_servers, topic, stream))
 
     workers = Workers(kafka_broker, tmp_path, topic, group, prefix)
@@ -64,13 +71,21 @@ def test_kill_9_three_times_totals_exact_alerts_once(
     assert_budget_alerts_once(bootstrap, topic, prefix, report)
     assert_dlq_exact(bootstrap, prefix, bad)
 
+
 def test_broker_restart_reconnects_and_loses_nothing(unique_name: Any, tmp_path: Path) -> None:
     """SPEC §7: the broker is killed (kill -9) while the worker consumes and comes back on
     the same port and data a few seconds later; the worker reconnects by itself and the
     totals, alerts and DLQ are exact. A broker of its own: the session's must stay up."""
     topic, group, prefix = unique_name("calls"), unique_name("g"), unique_name("out") + "."
-    events, bad, stream = traffic(60_000, seed=5, n_tenants=8, rate_per_s=20.0,
-                                  bad_seed=3, max_bad_bytes=900_000, spacing=1777)
+    events, bad, stream = traffic(
+        60_000,
+        seed=5,
+        n_tenants=8,
+        rate_per_s=20.0,
+        bad_seed=3,
+        max_bad_bytes=900_000,
+        spacing=1777,
+    )
     with KafkaBroker(data_dir=tmp_path / "kafka") as broker:
         broker.create_topics({topic: PARTITIONS})
         asyncio.run(produce(broker.bootstrap_servers, topic, stream))

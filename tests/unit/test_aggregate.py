@@ -4,7 +4,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmops_stream.stream.aggregate import (
+from llmops_stream.stream.core.aggregate import (
     USAGE_COUNTERS,
     USAGE_KEYS,
     _group_sum,
@@ -37,9 +37,15 @@ def test_factorize_rows_groups_equal_tuples() -> None:
 @settings(max_examples=40, deadline=None)
 @given(
     st.lists(
-        st.tuples(st.integers(0, 3), st.sampled_from(["t1", "t2"]), st.sampled_from(["a", ""]),
-                  st.integers(0, 10**12), st.floats(0, 1e3)),
-        min_size=1, max_size=40,
+        st.tuples(
+            st.integers(0, 3),
+            st.sampled_from(["t1", "t2"]),
+            st.sampled_from(["a", ""]),
+            st.integers(0, 10**12),
+            st.floats(0, 1e3),
+        ),
+        min_size=1,
+        max_size=40,
     )
 )
 def test_usage_rows_reference(rows: list[tuple[int, str, str, int, float]]) -> None:
@@ -52,9 +58,15 @@ def test_usage_rows_reference(rows: list[tuple[int, str, str, int, float]]) -> N
     counters["calls"] = np.ones(n, dtype=np.int64)
     counters["input_tokens"] = np.array([r[3] for r in rows], dtype=np.int64)
     cost = np.array([r[4] for r in rows])
-    out = usage_rows(minute, keys=keys, counters=counters, cost_usd=cost,
-                     latency_ms=np.full(n, 5.0), lag_ms=np.zeros(0, np.int64),
-                     lag_event=np.zeros(0, np.int64))
+    out = usage_rows(
+        minute,
+        keys=keys,
+        counters=counters,
+        cost_usd=cost,
+        latency_ms=np.full(n, 5.0),
+        lag_ms=np.zeros(0, np.int64),
+        lag_event=np.zeros(0, np.int64),
+    )
     ref: dict[tuple[int, str, str], list[float]] = {}
     for m, t, a, tok, c in rows:
         acc = ref.setdefault((m * 60, t, a), [0, 0, 0.0])
@@ -62,8 +74,11 @@ def test_usage_rows_reference(rows: list[tuple[int, str, str, int, float]]) -> N
         acc[1] += tok
         acc[2] += c
     got = {
-        (int(out["minute"][i]), out["tenant_id"][i], out["app"][i]):
-            [int(out["calls"][i]), int(out["input_tokens"][i]), float(out["cost_usd"][i])]
+        (int(out["minute"][i]), out["tenant_id"][i], out["app"][i]): [
+            int(out["calls"][i]),
+            int(out["input_tokens"][i]),
+            float(out["cost_usd"][i]),
+        ]
         for i in range(len(out["minute"]))
     }
     assert got.keys() == ref.keys()

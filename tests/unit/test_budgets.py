@@ -14,9 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llmops_stream.stream import budgets as bm
-from llmops_stream.stream.alerts import Alert
-from llmops_stream.stream.budgets import (
+from llmops_stream.stream.core import budgets as bm
+from llmops_stream.stream.core.alerts import Alert
+from llmops_stream.stream.core.budgets import (
     BudgetConfig,
     BudgetRule,
     BudgetState,
@@ -24,7 +24,7 @@ from llmops_stream.stream.budgets import (
     load_budgets,
     parse_budgets,
 )
-from llmops_stream.stream.errors import ConfigError
+from llmops_stream.stream.core.errors import ConfigError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from reference_budgets import ReferenceBudgets  # noqa: E402

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llmops_stream.schemas import read_text
-from llmops_stream.stream.decode import MAX_MESSAGE_BYTES, REJECT_REASONS, decode_batch
+from llmops_stream.stream.core.decode import MAX_MESSAGE_BYTES, REJECT_REASONS, decode_batch
 
 
 def event(i: int = 0, **over: object) -> dict:
@@ -92,22 +92,45 @@ BAD = [
     (enc({k: v for k, v in event().items() if k != "tenant_id"}), "missing_field"),
     (enc(event(usage={"input_tokens": "100", "output_tokens": 1})), "wrong_type"),
     (enc(event(usage={"input_tokens": -1, "output_tokens": 1})), "negative_tokens"),
-    (enc(event(usage={"input_tokens": 10, "output_tokens": 1, "cache_read_tokens": 8,
-                      "cache_write_tokens": 3})), "inconsistent_tokens"),
-    (enc(event(usage={"input_tokens": 10, "output_tokens": 1, "reasoning_tokens": 2})),
-     "inconsistent_tokens"),
+    (
+        enc(
+            event(
+                usage={
+                    "input_tokens": 10,
+                    "output_tokens": 1,
+                    "cache_read_tokens": 8,
+                    "cache_write_tokens": 3,
+                }
+            )
+        ),
+        "inconsistent_tokens",
+    ),
+    (
+        enc(event(usage={"input_tokens": 10, "output_tokens": 1, "reasoning_tokens": 2})),
+        "inconsistent_tokens",
+    ),
     (enc(event(embedding="!!notbase64!!")), "bad_embedding"),
     (enc(event(embedding=base64.b64encode(b"abcde").decode())), "bad_embedding"),
-    (enc(event(embedding=base64.b64encode(np.array([1, np.nan], "<f4").tobytes()).decode())),
-     "embedding_not_finite"),
+    (
+        enc(event(embedding=base64.b64encode(np.array([1, np.nan], "<f4").tobytes()).decode())),
+        "embedding_not_finite",
+    ),
     (enc(event(embedding=[1.0, 1e39])), "embedding_not_finite"),
     (b'{"event_id":"x","pad":"' + b"a" * (MAX_MESSAGE_BYTES + 1) + b'"}', "too_large"),
     (enc(event(ts="2026-11-23T10:00:00")), "bad_timestamp"),
     (enc(event(ts=1_795_428_000)), "bad_timestamp"),  # seconds, not ms
     (enc(event(ts="2200-01-01T00:00:00Z")), "bad_timestamp"),
     (enc(event(retrieval={"chunks": [{"embedded_at": 12}]})), "bad_timestamp"),
-    (enc(event(retrieval={"chunks": [{"embedded_at": 1795420000000,
-                                      "source_updated_at": "yesterday"}]})), "bad_timestamp"),
+    (
+        enc(
+            event(
+                retrieval={
+                    "chunks": [{"embedded_at": 1795420000000, "source_updated_at": "yesterday"}]
+                }
+            )
+        ),
+        "bad_timestamp",
+    ),
     (enc(event(status="weird")), "invalid_value"),
     (enc(event(ts=True)), "wrong_type"),
     (enc(event(ts=1.5e12)), "wrong_type"),

@@ -4,7 +4,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmops_stream.stream.dedup import Deduper, _fnv1a_pairs, stable_hashes
+from llmops_stream.stream.core.dedup import Deduper, _fnv1a_pairs, stable_hashes
 
 H = 3_600_000
 
@@ -25,8 +25,11 @@ def reference(events: list[tuple[str, str, int]], horizon_h: int) -> list[bool]:
 @settings(max_examples=80, deadline=None)
 @given(
     st.lists(
-        st.tuples(st.sampled_from(["a", "b", "ü"]), st.sampled_from(["1", "2", "3", "x" * 50]),
-                  st.integers(0, 5 * H)),
+        st.tuples(
+            st.sampled_from(["a", "b", "ü"]),
+            st.sampled_from(["1", "2", "3", "x" * 50]),
+            st.integers(0, 5 * H),
+        ),
         max_size=60,
     ),
     st.integers(1, 7),
@@ -58,8 +61,9 @@ def test_snapshot_restore_and_horizon() -> None:
 
 
 def test_tenant_scoped_and_stable_hash() -> None:
-    h = stable_hashes(np.array(["a", "b", "é"], dtype=object),
-                      np.array(["1", "1", "ü"], dtype=object))
+    h = stable_hashes(
+        np.array(["a", "b", "é"], dtype=object), np.array(["1", "1", "ü"], dtype=object)
+    )
     assert len(set(h.tolist())) == 3
     # FNV-1a 64 of "a\x1f1" computed by hand
     x = 0xCBF29CE484222325

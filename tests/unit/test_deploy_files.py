@@ -23,10 +23,10 @@ from typing import Any
 import pytest
 import yaml
 
-from llmops_stream.stream.budgets import load_budgets
-from llmops_stream.stream.cli import build_parser
-from llmops_stream.stream.kafka_broker import KAFKA_VERSION, LOG4J_VERSION, POM_TEMPLATE
-from llmops_stream.stream.settings import Settings
+from llmops_stream.stream.cli.main import build_parser
+from llmops_stream.stream.core.budgets import load_budgets
+from llmops_stream.stream.dev.kafka_broker import KAFKA_VERSION, LOG4J_VERSION, POM_TEMPLATE
+from llmops_stream.stream.runtime.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAFANA = ROOT / "deploy" / "grafana"
@@ -340,7 +340,7 @@ def test_dashboard_queries_run_on_the_real_schema(
     script = textwrap.dedent(
         """
         import json, sys
-        from llmops_stream.stream.sink_clickhouse import connect
+        from llmops_stream.stream.clickhouse.sink import connect
         path, queries, cost_query = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
         client = connect("chdb://" + path, "llmops")
         client.command(

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmops_stream.stream import drift
-from llmops_stream.stream.drift import DriftScorer, finite_rows
-from llmops_stream.stream.evalset import EvalSet
+from llmops_stream.stream.core import drift
+from llmops_stream.stream.core.drift import DriftScorer, finite_rows
+from llmops_stream.stream.core.evalset import EvalSet
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from reference_drift import ref_finite_rows, ref_scores  # noqa: E402
@@ -146,7 +146,7 @@ def test_tiled_path_matches_reference() -> None:
 def test_tiled_leave_one_out_matches_reference() -> None:
     from reference_drift import ref_threshold
 
-    from llmops_stream.stream.evalset import calibrate_threshold
+    from llmops_stream.stream.core.evalset import calibrate_threshold
 
     rng = np.random.default_rng(6)
     unit = unit_rows(rng.standard_normal((700, 8)).astype(np.float32))

@@ -8,11 +8,11 @@ import numpy as np
 import orjson
 import pytest
 
-from llmops_stream.stream.budgets import BudgetConfig
-from llmops_stream.stream.engine import Engine, EngineConfig
-from llmops_stream.stream.evalset import load_eval_sets
-from llmops_stream.stream.pricing import ModelPrice, PriceTable
-from llmops_stream.stream.synth import (
+from llmops_stream.stream.core.budgets import BudgetConfig
+from llmops_stream.stream.core.engine import Engine, EngineConfig
+from llmops_stream.stream.core.evalset import load_eval_sets
+from llmops_stream.stream.core.pricing import ModelPrice, PriceTable
+from llmops_stream.stream.dev.synth import (
     SynthConfig,
     generate_bad_events,
     generate_eval_set,
@@ -22,8 +22,12 @@ from llmops_stream.stream.synth import (
 
 MODEL = "text-embedding-3-small"
 BUDGETS = BudgetConfig.model_validate(
-    {"default": [{"limit_usd": 2.0, "window": "1h", "soft": [0.5], "hard": 1.0},
-                 {"limit_usd": 5.0, "window": "day", "soft": [0.8]}]}
+    {
+        "default": [
+            {"limit_usd": 2.0, "window": "1h", "soft": [0.5], "hard": 1.0},
+            {"limit_usd": 5.0, "window": "day", "soft": [0.8]},
+        ]
+    }
 )
 
 
@@ -31,9 +35,18 @@ BUDGETS = BudgetConfig.model_validate(
 def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[bytes], Any]:
     path = Path(tmp_path_factory.mktemp("eval")) / "eval.jsonl"
     write_jsonl(path, generate_eval_set(n=300, dim=384, seed=4, embedding_model=MODEL))
-    events = list(generate_events(SynthConfig(n_events=4000, seed=4, n_tenants=6,
-                                              rate_per_s=2.0, embedding_share=0.5,
-                                              embedding_model=MODEL)))
+    events = list(
+        generate_events(
+            SynthConfig(
+                n_events=4000,
+                seed=4,
+                n_tenants=6,
+                rate_per_s=2.0,
+                embedding_share=0.5,
+                embedding_model=MODEL,
+            )
+        )
+    )
     bad = [raw for raw, _ in generate_bad_events(seed=1)]
     for i, raw in enumerate(bad):
         events.insert((i * 131) % len(events), raw)
@@ -41,12 +54,14 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[bytes], Any]:
 
 
 def config(eval_sets: Any) -> EngineConfig:
-    return EngineConfig(prices=PriceTable(), budgets=BUDGETS, eval_sets=eval_sets,
-                        drift_min_count=5)
+    return EngineConfig(
+        prices=PriceTable(), budgets=BUDGETS, eval_sets=eval_sets, drift_min_count=5
+    )
 
 
-def run(events: list[bytes], cuts: list[int], eval_sets: Any,
-        restart_at: int | None = None) -> dict[str, Any]:
+def run(
+    events: list[bytes], cuts: list[int], eval_sets: Any, restart_at: int | None = None
+) -> dict[str, Any]:
     engine = Engine(config(eval_sets))
     out: dict[str, Any] = {"calls": [], "alerts": [], "stats": Counter(), "usage": Counter()}
     bounds = [0, *cuts, len(events)]
@@ -54,13 +69,21 @@ def run(events: list[bytes], cuts: list[int], eval_sets: Any,
         if restart_at is not None and a == restart_at:
             engine = Engine.restore(config(eval_sets), engine.snapshot())
         res = engine.process(events[a:b], offsets=np.arange(a, b))
-        out["calls"] += list(zip(res.calls["event_id"], res.calls["cost_usd"].round(12),
-                                 res.calls["uncovered"], res.calls["stale"], strict=True))
+        out["calls"] += list(
+            zip(
+                res.calls["event_id"],
+                res.calls["cost_usd"].round(12),
+                res.calls["uncovered"],
+                res.calls["stale"],
+                strict=True,
+            )
+        )
         out["alerts"] += [a.alert_id for a in res.alerts]
         out["stats"].update(res.stats)
         for i in range(len(res.usage["minute"])):
             out["usage"][(res.usage["minute"][i], res.usage["tenant_id"][i])] += int(
-                res.usage["calls"][i])
+                res.usage["calls"][i]
+            )
     out["alerts"] += [a.alert_id for a in engine.finish()]
     return out
 
@@ -87,22 +110,41 @@ def test_batch_split_and_restart_do_not_change_results(setup: Any) -> None:
 
 def test_pricing_edge_cases_and_unknowns() -> None:
     def ev(i: int, **kw: Any) -> bytes:
-        base = {"event_id": f"e{i}", "ts": 1795428000000 + i, "tenant_id": "nobody-configured",
-                "model": "my-model", "usage": {"input_tokens": 1000, "output_tokens": 10}}
+        base = {
+            "event_id": f"e{i}",
+            "ts": 1795428000000 + i,
+            "tenant_id": "nobody-configured",
+            "model": "my-model",
+            "usage": {"input_tokens": 1000, "output_tokens": 10},
+        }
         base.update(kw)
         return orjson.dumps(base)
 
-    prices = PriceTable({"my-model": ModelPrice(input=1.0, output=2.0, cache_read=0.1,
-                                                cache_write=1.25, context_window=None)})
+    prices = PriceTable(
+        {
+            "my-model": ModelPrice(
+                input=1.0, output=2.0, cache_read=0.1, cache_write=1.25, context_window=None
+            )
+        }
+    )
     engine = Engine(EngineConfig(prices=prices))
-    out = engine.process([
-        ev(0),
-        ev(1, status="cache_hit"),
-        ev(2, model="no-such-model-anywhere"),
-        ev(3, usage={"input_tokens": 10**12, "output_tokens": 10**12,
-                     "cache_read_tokens": 4 * 10**11, "cache_write_tokens": 10**11}),
-        ev(0),  # retry of e0
-    ])
+    out = engine.process(
+        [
+            ev(0),
+            ev(1, status="cache_hit"),
+            ev(2, model="no-such-model-anywhere"),
+            ev(
+                3,
+                usage={
+                    "input_tokens": 10**12,
+                    "output_tokens": 10**12,
+                    "cache_read_tokens": 4 * 10**11,
+                    "cache_write_tokens": 10**11,
+                },
+            ),
+            ev(0),  # retry of e0
+        ]
+    )
     cost = out.calls["cost_usd"].tolist()
     assert cost[0] == pytest.approx((1000 * 1.0 + 10 * 2.0) / 1e6, rel=1e-12)
     assert cost[1] == 0.0 and cost[2] == 0.0

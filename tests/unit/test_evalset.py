@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmops_stream.stream import evalset as ev
-from llmops_stream.stream.errors import ConfigError
-from llmops_stream.stream.evalset import (
+from llmops_stream.stream.core import evalset as ev
+from llmops_stream.stream.core.errors import ConfigError
+from llmops_stream.stream.core.evalset import (
     EvalSetWatcher,
     calibration_rows,
     decode_embedding,
@@ -247,7 +247,7 @@ def test_watcher_reloads_on_content_change_only(
 
     path.write_bytes(b'{"id": broken\n')
     bump_mtime(path, 3 * 10**9)
-    with caplog.at_level(logging.WARNING, logger="llmops_stream.stream.evalset"):
+    with caplog.at_level(logging.WARNING, logger="llmops_stream.stream.core.evalset"):
         assert not watcher.maybe_reload()
     assert watcher.current is second
     assert any("bad JSON" in r.getMessage() for r in caplog.records)

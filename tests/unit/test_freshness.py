@@ -9,15 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmops_stream.stream import freshness as fr
-from llmops_stream.stream.freshness import (
+from llmops_stream.stream.core import freshness as fr
+from llmops_stream.stream.core.freshness import (
     DEFAULT_MAX_AGE_MS,
     MISSING_MS,
     FreshnessConfig,
     chunk_staleness,
     max_age_for,
 )
-from llmops_stream.stream.timeutil import MS_PER_DAY
+from llmops_stream.stream.core.timeutil import MS_PER_DAY
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from reference_freshness import MISSING, ref_chunk_staleness  # noqa: E402

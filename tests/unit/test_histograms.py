@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmops_stream.stream import histograms as h
+from llmops_stream.stream.core import histograms as h
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from reference_drift import ref_bin, ref_rank_value  # noqa: E402

@@ -6,7 +6,7 @@ import logging
 
 import orjson
 
-from llmops_stream.stream.logs import JsonFormatter, RepeatFilter
+from llmops_stream.stream.runtime.logs import JsonFormatter, RepeatFilter
 
 
 class Clock:

@@ -4,7 +4,7 @@ import socket
 import urllib.request
 from collections import Counter
 
-from llmops_stream.stream.metrics import WorkerMetrics
+from llmops_stream.stream.runtime.metrics import WorkerMetrics
 
 
 def free_port() -> int:
@@ -17,8 +17,11 @@ def test_metrics_endpoint_reports_batches_lag_and_dlq() -> None:
     m = WorkerMetrics()
     port = free_port()
     m.serve("127.0.0.1", port)
-    m.record_batch(Counter({"events": 10, "valid": 7, "duplicates": 1, "rejected": 2,
-                            "rejected:invalid_json": 2}))
+    m.record_batch(
+        Counter(
+            {"events": 10, "valid": 7, "duplicates": 1, "rejected": 2, "rejected:invalid_json": 2}
+        )
+    )
     m.record_alerts(["budget", "budget", "drift"])
     m.set_lag(3, 42)
     m.flush.observe(0.2)
@@ -29,4 +32,3 @@ def test_metrics_endpoint_reports_batches_lag_and_dlq() -> None:
     assert 'llmops_alerts_total{type="budget"} 2.0' in body
     assert 'llmops_consumer_lag{partition="3"} 42.0' in body
     assert "llmops_flush_seconds_count 1.0" in body
-

@@ -15,8 +15,14 @@ def test_engine_without_jit_equals_compiled(tmp_path: Path) -> None:
     out = tmp_path / "nojit.npz"
     env = {**os.environ, "NUMBA_DISABLE_JIT": "1"}
     script = Path(__file__).resolve().parents[1] / "engine_fingerprint.py"
-    run = subprocess.run([sys.executable, str(script), str(out)], env=env,
-                         capture_output=True, text=True, timeout=600, check=False)
+    run = subprocess.run(
+        [sys.executable, str(script), str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     plain = dict(np.load(out))
     assert plain.keys() == compiled.keys()

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llmops_stream.stream.decode import decode_batch
+from llmops_stream.stream.core.decode import decode_batch
 from llmops_stream.stream.normalize import (
     call_event,
     event_from_anthropic,

@@ -16,16 +16,16 @@ from genai_prices import types as gp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmops_stream.stream import pricing
-from llmops_stream.stream.errors import ConfigError
-from llmops_stream.stream.pricing import (
+from llmops_stream.stream.core import pricing
+from llmops_stream.stream.core.errors import ConfigError
+from llmops_stream.stream.core.pricing import (
     ModelPrice,
     PriceTable,
     PriceTier,
     cost_formula,
     load_price_overrides,
 )
-from llmops_stream.stream.synth import SYNTH_MODELS, UNKNOWN_MODEL
+from llmops_stream.stream.dev.synth import SYNTH_MODELS, UNKNOWN_MODEL
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from reference_pricing import Call, reference_cost, reference_costs  # noqa: E402
@@ -451,7 +451,7 @@ def test_no_network_during_price_table_use() -> None:
 
         import numpy as np
         import genai_prices.data_snapshot as snapshot
-        from llmops_stream.stream.pricing import PriceTable
+        from llmops_stream.stream.core.pricing import PriceTable
 
         table = PriceTable()
         models = np.array(["gpt-4o", "claude-sonnet-4-20250514", "gemini-2.5-pro", "nope"], object)

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmops_stream.stream.rfc3339 import (
+from llmops_stream.stream.core.rfc3339 import (
     INVALID,
     MISSING,
     WRONG_TYPE,
@@ -67,11 +67,35 @@ def test_rejects(text: str) -> None:
 
 def test_leap_day_and_mixed_ints() -> None:
     assert parse_rfc3339_ms(["2024-02-29T00:00:00Z"])[0] == reference_ms("2024-02-29T00:00:00Z")
-    raws = [b"5", b'"1970-01-01T00:00:01.5+00:00"', b"-7", b"null", b'"bad"', b"1.5", b"true",
-            b'{"a":1}', b'"2026-01-01T00:00:00\\u005a"', b"1e3", b"", b"12345678901234567890"]
+    raws = [
+        b"5",
+        b'"1970-01-01T00:00:01.5+00:00"',
+        b"-7",
+        b"null",
+        b'"bad"',
+        b"1.5",
+        b"true",
+        b'{"a":1}',
+        b'"2026-01-01T00:00:00\\u005a"',
+        b"1e3",
+        b"",
+        b"12345678901234567890",
+    ]
     got = json_times_ms(raws)
-    assert got.tolist() == [5, 1500, -7, MISSING, INVALID, WRONG_TYPE, WRONG_TYPE, WRONG_TYPE,
-                            INVALID, WRONG_TYPE, WRONG_TYPE, INVALID]
+    assert got.tolist() == [
+        5,
+        1500,
+        -7,
+        MISSING,
+        INVALID,
+        WRONG_TYPE,
+        WRONG_TYPE,
+        WRONG_TYPE,
+        INVALID,
+        WRONG_TYPE,
+        WRONG_TYPE,
+        INVALID,
+    ]
     assert json_times_ms([]).tolist() == []
 
 

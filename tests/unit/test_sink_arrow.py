@@ -17,9 +17,9 @@ import pytest
 from sink_cases import engine_outputs, norm, with_huge_counts
 
 from llmops_stream.schemas import read_text
-from llmops_stream.stream import sink_clickhouse as sc
-from llmops_stream.stream.engine import BatchOutput
-from llmops_stream.stream.sink_clickhouse import ClickHouseSink, latest_states
+from llmops_stream.stream.clickhouse import sink as sc
+from llmops_stream.stream.clickhouse.sink import ClickHouseSink, latest_states
+from llmops_stream.stream.core.engine import BatchOutput
 
 # columns the sink fills with the time of the flush
 WRITE_TIMES = {"ingested_at", "received_at", "updated_at", "version"}
@@ -33,17 +33,34 @@ class RecordingClient:
         self.fail_on = fail_on
         self.inserts: list[dict[str, Any]] = []
 
-    def raw_insert(self, table: str, column_names: Any = None, insert_block: Any = None,
-                   settings: Any = None, fmt: Any = None, **kwargs: Any) -> None:
+    def raw_insert(
+        self,
+        table: str,
+        column_names: Any = None,
+        insert_block: Any = None,
+        settings: Any = None,
+        fmt: Any = None,
+        **kwargs: Any,
+    ) -> None:
         if self.fail_on and table.endswith("." + self.fail_on):
             raise ConnectionError(f"{table}: ClickHouse is down")
-        self.inserts.append({"table": table, "columns": column_names, "block": insert_block,
-                             "settings": settings, "fmt": fmt, **kwargs})
+        self.inserts.append(
+            {
+                "table": table,
+                "columns": column_names,
+                "block": insert_block,
+                "settings": settings,
+                "fmt": fmt,
+                **kwargs,
+            }
+        )
 
     def tables(self) -> dict[str, pa.Table]:
         """Every payload read back as Arrow, by table name (without the database)."""
-        return {i["table"].split(".", 1)[1]: pa.ipc.open_file(pa.py_buffer(i["block"])).read_all()
-                for i in self.inserts}
+        return {
+            i["table"].split(".", 1)[1]: pa.ipc.open_file(pa.py_buffer(i["block"])).read_all()
+            for i in self.inserts
+        }
 
 
 @pytest.fixture(scope="module")
@@ -67,16 +84,21 @@ def low_cardinality_columns() -> dict[str, set[str]]:
         table = re.search(r"CREATE TABLE IF NOT EXISTS \{db\}\.(\w+)", statement)
         if table:
             found[table.group(1)] = set(
-                re.findall(r"^\s+(\w+)\s+LowCardinality\(", statement, re.MULTILINE))
+                re.findall(r"^\s+(\w+)\s+LowCardinality\(", statement, re.MULTILINE)
+            )
     return found
 
 
 def schema_columns(table: str) -> list[str]:
-    statement = next(s for s in read_text("clickhouse.sql").split("\n;\n")
-                     if f"{{db}}.{table}\n" in s)
+    statement = next(
+        s for s in read_text("clickhouse.sql").split("\n;\n") if f"{{db}}.{table}\n" in s
+    )
     body = statement[statement.index("(") + 1 : statement.index("\n)")]
-    return [line.split()[0] for line in body.splitlines()
-            if line.strip() and not line.strip().startswith("--")]
+    return [
+        line.split()[0]
+        for line in body.splitlines()
+        if line.strip() and not line.strip().startswith("--")
+    ]
 
 
 def values_of(column: pa.ChunkedArray) -> list[Any]:
@@ -102,12 +124,16 @@ def test_low_cardinality_columns_and_only_those_go_as_dictionaries() -> None:
         assert dictionaries == schema[table], table
 
 
-@pytest.mark.parametrize(("table", "attr"), [
-    ("llm_calls", "calls"), ("llm_usage_1m", "usage"), ("llm_rejected", "rejected"),
-    ("llm_eval_candidates", "candidates"),
-])
-def test_payload_holds_every_value_given(outs: list[BatchOutput], table: str,
-                                         attr: str) -> None:
+@pytest.mark.parametrize(
+    ("table", "attr"),
+    [
+        ("llm_calls", "calls"),
+        ("llm_usage_1m", "usage"),
+        ("llm_rejected", "rejected"),
+        ("llm_eval_candidates", "candidates"),
+    ],
+)
+def test_payload_holds_every_value_given(outs: list[BatchOutput], table: str, attr: str) -> None:
     got = flushed(outs).tables()[table]
     names = list(getattr(outs[0], attr))
     assert set(got.column_names) - set(names) <= WRITE_TIMES
@@ -139,22 +165,30 @@ def test_alerts_and_budget_states_tables(outs: list[BatchOutput]) -> None:
     tables = flushed(outs).tables()
     alerts = [a for o in outs for a in o.alerts]
     assert tables["llm_alerts"]["alert_id"].to_pylist() == [a.alert_id for a in alerts]
-    states = latest_states({k: np.concatenate([o.budget_states[k] for o in outs])
-                            for k in outs[0].budget_states})
+    states = latest_states(
+        {k: np.concatenate([o.budget_states[k] for o in outs]) for k in outs[0].budget_states}
+    )
     got = tables["llm_budget_state"]
     assert got["spend_usd"].to_pylist() == states["spend_usd"].tolist()
     assert values_of(got["as_of"]) == states["as_of_ms"].tolist()
 
 
-@pytest.mark.parametrize(("top", "dtype"), [
-    (0, pa.uint8()), (255, pa.uint8()), (256, pa.uint16()), (65_535, pa.uint16()),
-    (65_536, pa.uint32()), (2**32 - 1, pa.uint32()), (2**32, pa.uint64()),
-    (2**64 - 1, pa.uint64()),
-])
+@pytest.mark.parametrize(
+    ("top", "dtype"),
+    [
+        (0, pa.uint8()),
+        (255, pa.uint8()),
+        (256, pa.uint16()),
+        (65_535, pa.uint16()),
+        (65_536, pa.uint32()),
+        (2**32 - 1, pa.uint32()),
+        (2**32, pa.uint64()),
+        (2**64 - 1, pa.uint64()),
+    ],
+)
 def test_counts_go_in_the_narrowest_type_that_holds_them(top: int, dtype: pa.DataType) -> None:
     rng = np.random.default_rng(top % 1000)
-    chunks = [rng.integers(0, min(top, 200) + 1, size=(n, 6), dtype=np.uint64)
-              for n in (3, 0, 5)]
+    chunks = [rng.integers(0, min(top, 200) + 1, size=(n, 6), dtype=np.uint64) for n in (3, 0, 5)]
     chunks[2][4, 5] = top
     got = sc._counts(chunks)
     assert got.type == pa.list_(dtype)
@@ -167,8 +201,11 @@ def test_counts_of_no_rows() -> None:
 
 
 def test_strings_across_chunks() -> None:
-    chunks = [np.array(["é😀", "", "a\x00b"], dtype=object), np.zeros(0, dtype=object),
-              np.array(["", "é😀", "z" * 70_000], dtype=object)]
+    chunks = [
+        np.array(["é😀", "", "a\x00b"], dtype=object),
+        np.zeros(0, dtype=object),
+        np.array(["", "é😀", "z" * 70_000], dtype=object),
+    ]
     want = ["é😀", "", "a\x00b", "", "é😀", "z" * 70_000]
     assert sc._utf8(chunks).to_pylist() == want
     encoded = sc._dictionary(chunks)
@@ -189,8 +226,12 @@ def test_strings_that_are_not_str_behave_as_arrow_converts_them() -> None:
 def test_insert_hands_a_view_and_the_tokens_to_raw_insert(outs: list[BatchOutput]) -> None:
     client = flushed(outs)
     assert [i["table"] for i in client.inserts] == [
-        "db.llm_calls", "db.llm_usage_1m", "db.llm_rejected", "db.llm_eval_candidates",
-        "db.llm_alerts", "db.llm_budget_state",
+        "db.llm_calls",
+        "db.llm_usage_1m",
+        "db.llm_rejected",
+        "db.llm_eval_candidates",
+        "db.llm_alerts",
+        "db.llm_budget_state",
     ]
     for insert in client.inserts:
         table = insert["table"].split(".", 1)[1]
@@ -202,8 +243,9 @@ def test_insert_hands_a_view_and_the_tokens_to_raw_insert(outs: list[BatchOutput
 
 
 @pytest.mark.parametrize("compression", ["lz4", "zstd"])
-def test_payload_compressed_as_insert_arrow_would(outs: list[BatchOutput],
-                                                  compression: str) -> None:
+def test_payload_compressed_as_insert_arrow_would(
+    outs: list[BatchOutput], compression: str
+) -> None:
     plain = flushed(outs).inserts
     packed = flushed(outs, write_compression=compression).inserts
     ignored = flushed(outs, write_compression="gzip").inserts  # not an Arrow IPC codec
@@ -232,7 +274,7 @@ def test_failed_flush_keeps_the_buffer_and_the_retry_uses_the_same_tokens(
     first = [(i["table"], i["settings"]) for i in client.inserts]
     client.fail_on = ""
     written = sink.flush("seg-7")
-    retried = [(i["table"], i["settings"]) for i in client.inserts[len(first):]]
+    retried = [(i["table"], i["settings"]) for i in client.inserts[len(first) :]]
     assert retried[: len(first)] == first
     assert written["llm_calls"] == buffered
     assert sink.rows_buffered == 0 and sink.flush("seg-8") == {}
@@ -248,8 +290,9 @@ def test_empty_batches_write_nothing(outs: list[BatchOutput]) -> None:
     assert sink.flush("tok") == {} and client.inserts == []
 
 
-def test_histograms_are_most_of_the_usage_payload_no_longer(outs: list[BatchOutput],
-                                                            tmp_path: Path) -> None:
+def test_histograms_are_most_of_the_usage_payload_no_longer(
+    outs: list[BatchOutput], tmp_path: Path
+) -> None:
     # Natural counts (no huge ones) fit a byte or two: the usage payload is a fraction of
     # what uint64 lists take.
     natural = engine_outputs(tmp_path)

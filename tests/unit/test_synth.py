@@ -16,9 +16,9 @@ import numpy as np
 import orjson
 import pytest
 
-from llmops_stream.stream.errors import ConfigError
-from llmops_stream.stream.pricing import PriceTable
-from llmops_stream.stream.synth import (
+from llmops_stream.stream.core.errors import ConfigError
+from llmops_stream.stream.core.pricing import PriceTable
+from llmops_stream.stream.dev.synth import (
     REJECT_REASONS,
     SYNTH_MODELS,
     UNKNOWN_MODEL,

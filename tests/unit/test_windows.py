@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmops_stream.stream.alerts import Alert
-from llmops_stream.stream.timeutil import ms_to_iso
-from llmops_stream.stream.windows import ShareWindows
+from llmops_stream.stream.core.alerts import Alert
+from llmops_stream.stream.core.timeutil import ms_to_iso
+from llmops_stream.stream.core.windows import ShareWindows
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from reference_drift import ref_bin, ref_rank_value  # noqa: E402

@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 
-from llmops_stream.stream.engine import Engine, EngineConfig
-from llmops_stream.stream.pricing import PriceTable
-from llmops_stream.stream.settings import Settings
-from llmops_stream.stream.sink_clickhouse import ClickHouseSink
-from llmops_stream.stream.synth import SynthConfig, generate_events
-from llmops_stream.stream.worker import PartitionRun, Worker
+from llmops_stream.stream.clickhouse.sink import ClickHouseSink
+from llmops_stream.stream.core.engine import Engine, EngineConfig
+from llmops_stream.stream.core.pricing import PriceTable
+from llmops_stream.stream.dev.synth import SynthConfig, generate_events
+from llmops_stream.stream.kafka.worker import PartitionRun, Worker
+from llmops_stream.stream.runtime.settings import Settings
 
 P0, P1 = TopicPartition("t", 0), TopicPartition("t", 1)
 
@@ -45,9 +45,15 @@ def worker() -> Worker:
 
 
 def new_run(worker: Worker, tp: TopicPartition, start: int = 0) -> PartitionRun:
-    run = PartitionRun(tp=tp, engine=Engine(worker.engine_config()), committed=start,
-                       seg_start=start, next_offset=start, forced_end=None,
-                       sink=ClickHouseSink(None, "db"))
+    run = PartitionRun(
+        tp=tp,
+        engine=Engine(worker.engine_config()),
+        committed=start,
+        seg_start=start,
+        next_offset=start,
+        forced_end=None,
+        sink=ClickHouseSink(None, "db"),
+    )
     worker.runs[tp] = run
     return run
 

@@ -4,13 +4,13 @@ from pathlib import Path
 
 from aiokafka import TopicPartition
 
-from llmops_stream.stream.engine import Engine, EngineConfig
-from llmops_stream.stream.evalset import EvalSetWatcher
-from llmops_stream.stream.pricing import PriceTable
-from llmops_stream.stream.settings import Settings
-from llmops_stream.stream.sink_clickhouse import ClickHouseSink
-from llmops_stream.stream.synth import generate_eval_set, write_jsonl
-from llmops_stream.stream.worker import PartitionRun, Worker
+from llmops_stream.stream.clickhouse.sink import ClickHouseSink
+from llmops_stream.stream.core.engine import Engine, EngineConfig
+from llmops_stream.stream.core.evalset import EvalSetWatcher
+from llmops_stream.stream.core.pricing import PriceTable
+from llmops_stream.stream.dev.synth import generate_eval_set, write_jsonl
+from llmops_stream.stream.kafka.worker import PartitionRun, Worker
+from llmops_stream.stream.runtime.settings import Settings
 
 MODEL = "m"
 
@@ -24,8 +24,13 @@ def test_changed_eval_set_reaches_every_partition(tmp_path: Path) -> None:
     worker = Worker(Settings(eval_set=path), lambda: config, None, eval_watcher=watcher)
     for p in range(2):
         worker.runs[TopicPartition("t", p)] = PartitionRun(
-            tp=TopicPartition("t", p), engine=Engine(config), committed=0, seg_start=0,
-            next_offset=0, forced_end=None, sink=ClickHouseSink(None, "db"),
+            tp=TopicPartition("t", p),
+            engine=Engine(config),
+            committed=0,
+            seg_start=0,
+            next_offset=0,
+            forced_end=None,
+            sink=ClickHouseSink(None, "db"),
         )
     write_jsonl(path, generate_eval_set(n=80, dim=16, seed=2, embedding_model=MODEL))
     worker._last_reload_check = 0.0

@@ -18,17 +18,17 @@ from typing import Any
 import orjson
 from rich.progress import Progress
 
-from .pipeline import ReplayStats, build_engine, feed, finish
-from .settings import Settings
-from .sink_clickhouse import ClickHouseSink
-from .synth import (
+from llmops_stream.stream.clickhouse.sink import ClickHouseSink
+from llmops_stream.stream.core.timeutil import MS_PER_DAY, now_ms
+from llmops_stream.stream.dev.synth import (
     SynthConfig,
     generate_bad_events,
     generate_eval_set,
     generate_events,
     write_jsonl,
 )
-from .timeutil import MS_PER_DAY, now_ms
+from llmops_stream.stream.files.replay import ReplayStats, build_engine, feed, finish
+from llmops_stream.stream.runtime.settings import Settings
 
 DEMO_RATE_PER_S = 2.5  # event-time rate: 200k events span ~22 h, so hourly budgets roll over
 BAD_EVERY = 997  # one malformed event among this many, to show the DLQ path

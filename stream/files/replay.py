@@ -18,13 +18,13 @@ from typing import BinaryIO
 
 import numpy as np
 
-from .budgets import BudgetConfig, load_budgets
-from .engine import Engine, EngineConfig
-from .evalset import EvalSet, load_eval_sets
-from .freshness import FreshnessConfig
-from .pricing import PriceTable, load_price_overrides
-from .settings import Settings
-from .sink_clickhouse import ClickHouseSink
+from llmops_stream.stream.clickhouse.sink import ClickHouseSink
+from llmops_stream.stream.core.budgets import BudgetConfig, load_budgets
+from llmops_stream.stream.core.engine import Engine, EngineConfig
+from llmops_stream.stream.core.evalset import EvalSet, load_eval_sets
+from llmops_stream.stream.core.freshness import FreshnessConfig
+from llmops_stream.stream.core.pricing import PriceTable, load_price_overrides
+from llmops_stream.stream.runtime.settings import Settings
 
 
 def build_engine(settings: Settings) -> Engine:

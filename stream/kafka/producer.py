@@ -42,8 +42,8 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.helpers import create_ssl_context
 
-from .decode import MAX_MESSAGE_BYTES
-from .errors import ConfigError
+from llmops_stream.stream.core.decode import MAX_MESSAGE_BYTES
+from llmops_stream.stream.core.errors import ConfigError
 
 __all__ = ["CallEventProducer", "DeliveryError", "kafka_security_kwargs"]
 

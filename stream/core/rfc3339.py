@@ -146,8 +146,13 @@ def _parse_json_many(buf: np.ndarray, offsets: np.ndarray) -> np.ndarray:  # pra
                 if buf[k] == 92:  # a backslash escape has no place in a timestamp
                     escaped = True
             out[i] = INVALID if escaped else _parse_one(buf, a + 1, b - 1)
-        elif b - a == 4 and buf[a] == 110 and buf[a + 1] == 117 and buf[a + 2] == 108 \
-                and buf[a + 3] == 108:  # null
+        elif (
+            b - a == 4
+            and buf[a] == 110
+            and buf[a + 1] == 117
+            and buf[a + 2] == 108
+            and buf[a + 3] == 108
+        ):  # null
             out[i] = MISSING
         else:  # a JSON integer (epoch ms); other JSON types are the wrong type
             k = a + 1 if b > a and buf[a] == 45 else a

@@ -262,9 +262,7 @@ def _classify(exc: Exception, raw: bytes) -> str:
     return "invalid_json"
 
 
-def _decode_events(
-    messages: list[bytes], rejected: Rejected
-) -> tuple[list[CallEvent], list[int]]:
+def _decode_events(messages: list[bytes], rejected: Rejected) -> tuple[list[CallEvent], list[int]]:
     """Decode each message; returns the good events and their input indices."""
     sizes = np.fromiter(map(len, messages), dtype=np.int64, count=len(messages))
     too_big = np.flatnonzero(sizes > MAX_MESSAGE_BYTES)
@@ -410,11 +408,13 @@ def decode_batch(messages: list[bytes]) -> tuple[CallBatch, Rejected]:
         prompt_version=_strs(_attr(events, "prompt_version")),
         status=np.array(list(map(_STATUS_CODE.__getitem__, _attr(events, "status"))), np.uint8),
         route_tier=_strs(
-            [r.tier if r is not None else None for r in routes] if no_route
+            [r.tier if r is not None else None for r in routes]
+            if no_route
             else _attr(routes, "tier")
         ),
         route_escalated=np.array(
-            [bool(r is not None and r.escalated) for r in routes] if no_route
+            [bool(r is not None and r.escalated) for r in routes]
+            if no_route
             else _attr(routes, "escalated"),
             dtype=bool,
         ),

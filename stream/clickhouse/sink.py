@@ -34,12 +34,11 @@ import numpy as np
 import pyarrow as pa
 
 from llmops_stream.schemas import read_text
-
-from .alerts import Alert
-from .budgets import latest_states
-from .engine import BatchOutput
-from .errors import ConfigError
-from .timeutil import iso_to_ms, now_ms
+from llmops_stream.stream.core.alerts import Alert
+from llmops_stream.stream.core.budgets import latest_states
+from llmops_stream.stream.core.engine import BatchOutput
+from llmops_stream.stream.core.errors import ConfigError
+from llmops_stream.stream.core.timeutil import iso_to_ms, now_ms
 
 _DB_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
@@ -198,9 +197,21 @@ def _with_dictionaries(names: tuple[str, ...], **others: Encoder) -> dict[str, E
 # a dictionary, and only those (a unit test keeps this in step with the schema).
 ENCODERS: dict[str, dict[str, Encoder]] = {
     "llm_calls": _with_dictionaries(
-        ("tenant_id", "app", "provider", "model", "served_model", "prompt_id",
-         "prompt_version", "status", "route_tier", "embedding_model", "eval_set_version",
-         "index_version", "source"),
+        (
+            "tenant_id",
+            "app",
+            "provider",
+            "model",
+            "served_model",
+            "prompt_id",
+            "prompt_version",
+            "status",
+            "route_tier",
+            "embedding_model",
+            "eval_set_version",
+            "index_version",
+            "source",
+        ),
         ts=_ms_chunks,
     ),
     "llm_usage_1m": _with_dictionaries(
@@ -287,8 +298,9 @@ class ClickHouseSink:
         if self._rejected and sum(len(c) for c in self._rejected["reason"]):
             # the buffer stays intact until every insert succeeded: a failed flush is retried
             raw = [bytes(x) for c in self._rejected["raw"] for x in c]
-            tbl = _table({k: v for k, v in self._rejected.items() if k != "raw"},
-                         ENCODERS["llm_rejected"])
+            tbl = _table(
+                {k: v for k, v in self._rejected.items() if k != "raw"}, ENCODERS["llm_rejected"]
+            )
             tbl = tbl.append_column("raw", pa.array(raw, type=pa.binary()))
             tbl = tbl.append_column("received_at", _ms(np.full(tbl.num_rows, ingested)))
             written["llm_rejected"] = self._insert("llm_rejected", tbl, token)

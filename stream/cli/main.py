@@ -27,9 +27,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from .errors import ConfigError
-from .logs import setup_logging
-from .settings import Settings, load_settings
+from llmops_stream.stream.core.errors import ConfigError
+from llmops_stream.stream.runtime.logs import setup_logging
+from llmops_stream.stream.runtime.settings import Settings, load_settings
 
 EXIT_USAGE = 2
 
@@ -48,7 +48,9 @@ def _add_engine_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-set", dest="eval_set", help="eval-set JSONL (env LLMOPS_EVAL_SET)")
     _add_clickhouse_flags(p)
     p.add_argument(
-        "--batch-size", dest="batch_size", type=int,
+        "--batch-size",
+        dest="batch_size",
+        type=int,
         help="events per micro-batch (env LLMOPS_BATCH_SIZE, default 20000)",
     )
 
@@ -60,14 +62,17 @@ def _add_clickhouse_flags(p: argparse.ArgumentParser) -> None:
         "http(s)://HOST:PORT (env LLMOPS_CLICKHOUSE)",
     )
     p.add_argument(
-        "--database", dest="clickhouse_database",
+        "--database",
+        dest="clickhouse_database",
         help="ClickHouse database (env LLMOPS_CLICKHOUSE_DATABASE, default llmops)",
     )
 
 
 def _add_kafka_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--bootstrap-servers", dest="kafka_bootstrap_servers", metavar="HOST:PORT[,...]",
+        "--bootstrap-servers",
+        dest="kafka_bootstrap_servers",
+        metavar="HOST:PORT[,...]",
         help="Kafka brokers (env LLMOPS_KAFKA_BOOTSTRAP_SERVERS, default 127.0.0.1:9092)",
     )
 
@@ -115,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--group", help="consumer group (env LLMOPS_GROUP, default llmops-stream)")
     run.add_argument("--topic", help="input topic (env LLMOPS_TOPIC, default llm.calls)")
     run.add_argument(
-        "--worker-id", dest="worker_id",
+        "--worker-id",
+        dest="worker_id",
         help="stable id of this worker slot, unique in the group (env LLMOPS_WORKER_ID)",
     )
 
@@ -145,8 +151,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _settings(args: argparse.Namespace) -> Settings:
     keys = (
-        "clickhouse", "clickhouse_database", "prices", "budgets", "eval_set", "batch_size",
-        "kafka_bootstrap_servers", "group", "topic", "worker_id",
+        "clickhouse",
+        "clickhouse_database",
+        "prices",
+        "budgets",
+        "eval_set",
+        "batch_size",
+        "kafka_bootstrap_servers",
+        "group",
+        "topic",
+        "worker_id",
     )
     return load_settings({k: getattr(args, k, None) for k in keys})
 
@@ -200,8 +214,12 @@ def cmd_replay(args: argparse.Namespace, console: Console) -> int:
             progress.update(task, advance=consumed, rate=f"{events:,} events {rate:,.0f}/s")
 
         result = replay(
-            args.files, engine, sink, batch_size=settings.batch_size,
-            flush_rows=settings.flush_rows, on_progress=on_progress,
+            args.files,
+            engine,
+            sink,
+            batch_size=settings.batch_size,
+            flush_rows=settings.flush_rows,
+            on_progress=on_progress,
         )
     _print_run_summary(console, result.stats, result.alerts, result.seconds)
     return 0
@@ -237,7 +255,8 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     # files validated before joining the group; the eval set is watched for hot reload
     watcher = (
         EvalSetWatcher(settings.eval_set, threshold=settings.eval_threshold)
-        if settings.eval_set else None
+        if settings.eval_set
+        else None
     )
     config = build_engine_config(settings, watcher.current if watcher else None)
     client = _connect(settings)
@@ -290,17 +309,27 @@ def cmd_loadgen(args: argparse.Namespace, console: Console) -> int:
             progress.update(task, completed=sent, rate=f"{rate:,.0f} events/s")
 
         try:
-            stats = asyncio.run(run_loadgen(
-                kw.pop("bootstrap_servers"), topic=settings.topic, rate=args.rate,
-                n_events=args.events, seed=args.seed, n_tenants=args.tenants,
-                embedding_share=args.embedding_share, on_progress=on_progress, **kw,
-            ))
+            stats = asyncio.run(
+                run_loadgen(
+                    kw.pop("bootstrap_servers"),
+                    topic=settings.topic,
+                    rate=args.rate,
+                    n_events=args.events,
+                    seed=args.seed,
+                    n_tenants=args.tenants,
+                    embedding_share=args.embedding_share,
+                    on_progress=on_progress,
+                    **kw,
+                )
+            )
         except KafkaConnectionError as exc:
             raise ConfigError(
                 f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {exc}"
             ) from None
-    console.print(f"Sent {stats.sent:,} events in {stats.seconds:.1f} s "
-                  f"({stats.achieved_rate:,.0f} events/s) to {settings.topic}.")
+    console.print(
+        f"Sent {stats.sent:,} events in {stats.seconds:.1f} s "
+        f"({stats.achieved_rate:,.0f} events/s) to {settings.topic}."
+    )
     return 0
 
 
@@ -314,15 +343,23 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
     with tempfile.TemporaryDirectory(prefix="llmops-demo-") as tmp:
         progress = _progress(Console(stderr=True))
         result = run_demo(
-            settings, Path(tmp), n_events=args.events, n_tenants=args.tenants,
-            seed=args.seed, progress=progress, connect=_connect,
+            settings,
+            Path(tmp),
+            n_events=args.events,
+            n_tenants=args.tenants,
+            seed=args.seed,
+            progress=progress,
+            connect=_connect,
         )
     _print_run_summary(console, result.stats, result.alerts, result.seconds)
     from .report import budget_states, build_report  # noqa: PLC0415
 
     client = _connect(settings)
-    _print_report(console, build_report(client, settings.clickhouse_database),
-                  budget_states(client, settings.clickhouse_database))
+    _print_report(
+        console,
+        build_report(client, settings.clickhouse_database),
+        budget_states(client, settings.clickhouse_database),
+    )
     console.print(
         f"\nData is in ClickHouse at [bold]{settings.clickhouse}[/] (database "
         f"[bold]{settings.clickhouse_database}[/]). Read it back with "
@@ -360,8 +397,9 @@ def _print_report(console: Console, rep: dict[str, Any], states: list[tuple[Any,
             worst[tenant] = status
     table = Table(title="Per-tenant totals (from ClickHouse)", show_lines=False)
     for col in ("tenant", "calls", "cost USD", "budget", "drift share", "stale share", "rejected"):
-        table.add_column(col, justify="left" if col in ("tenant", "budget") else "right",
-                         no_wrap=col == "tenant")
+        table.add_column(
+            col, justify="left" if col in ("tenant", "budget") else "right", no_wrap=col == "tenant"
+        )
     tenants = sorted(rep["tenants"].items(), key=lambda kv: -kv[1]["cost_usd"])
     colour = {"ok": "green", "warn": "yellow", "exceeded": "bold red"}
     for tenant, t in tenants[:25]:

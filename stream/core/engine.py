@@ -138,8 +138,13 @@ class Engine:
 
         cache_hit = b.status == STATUS_CACHE_HIT
         cost, unpriced = self.config.prices.costs(
-            b.model, b.provider, b.input_tokens, b.output_tokens,
-            b.cache_read_tokens, b.cache_write_tokens, cache_hit,
+            b.model,
+            b.provider,
+            b.input_tokens,
+            b.output_tokens,
+            b.cache_read_tokens,
+            b.cache_write_tokens,
+            cache_hit,
         )
         stats["unpriced"] = int(unpriced.sum())
 
@@ -154,8 +159,15 @@ class Engine:
         stats["retrieval"], stats["stale"] = int(st.retrieval.sum()), int(st.stale_query.sum())
 
         self.drift_windows.add(b.tenant_id, b.app, b.ts_ms, uncovered, scored)
-        self.fresh_windows.add(b.tenant_id, b.app, b.ts_ms, st.stale_query, st.retrieval,
-                               lag_ms=st.lag_ms, lag_event=st.lag_event)
+        self.fresh_windows.add(
+            b.tenant_id,
+            b.app,
+            b.ts_ms,
+            st.stale_query,
+            st.retrieval,
+            lag_ms=st.lag_ms,
+            lag_event=st.lag_event,
+        )
         alerts = list(budget.alerts)
         alerts += self.drift_windows.close(self.drift_windows.watermark)
         alerts += self.fresh_windows.close(self.fresh_windows.watermark)
@@ -330,23 +342,27 @@ class Engine:
             if pick.size:
                 sel = rows[pick]
                 ids = np.asarray(es.ids, dtype=object)
-                parts.append({
-                    "event_id": b.event_id[sel],
-                    "ts": b.ts_ms[sel],
-                    "tenant_id": b.tenant_id[sel],
-                    "app": b.app[sel],
-                    "embedding_model": np.full(sel.size, model, dtype=object),
-                    "eval_set_version": np.full(sel.size, es.version, dtype=object),
-                    "nn_sim": s.nn_sim[pick].astype(np.float32),
-                    "centroid_sim": s.centroid_sim[pick].astype(np.float32),
-                    "nearest_eval_id": ids[np.maximum(s.nn_index[pick], 0)],
-                    "embedding": [row.tolist() for row in mat[pick]],
-                })
+                parts.append(
+                    {
+                        "event_id": b.event_id[sel],
+                        "ts": b.ts_ms[sel],
+                        "tenant_id": b.tenant_id[sel],
+                        "app": b.app[sel],
+                        "embedding_model": np.full(sel.size, model, dtype=object),
+                        "eval_set_version": np.full(sel.size, es.version, dtype=object),
+                        "nn_sim": s.nn_sim[pick].astype(np.float32),
+                        "centroid_sim": s.centroid_sim[pick].astype(np.float32),
+                        "nearest_eval_id": ids[np.maximum(s.nn_index[pick], 0)],
+                        "embedding": [row.tolist() for row in mat[pick]],
+                    }
+                )
         empty = {"ts": np.int64, "nn_sim": np.float32, "centroid_sim": np.float32}
         columns: dict[str, Any] = {
             k: (
-                [x for p in parts for x in p[k]] if k == "embedding"
-                else np.concatenate([p[k] for p in parts]) if parts
+                [x for p in parts for x in p[k]]
+                if k == "embedding"
+                else np.concatenate([p[k] for p in parts])
+                if parts
                 else np.zeros(0, dtype=empty.get(k, object))
             )
             for k in _CANDIDATE_COLUMNS

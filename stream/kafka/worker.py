@@ -49,11 +49,16 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from . import memory
-from .engine import Engine, EngineConfig
-from .evalset import EvalSetWatcher
-from .metrics import WorkerMetrics
-from .outputs import (
+from llmops_stream.stream.clickhouse.sink import ClickHouseSink
+from llmops_stream.stream.core.engine import Engine, EngineConfig
+from llmops_stream.stream.core.evalset import EvalSetWatcher
+from llmops_stream.stream.core.timeutil import now_ms
+from llmops_stream.stream.runtime import memory
+from llmops_stream.stream.runtime.metrics import WorkerMetrics
+from llmops_stream.stream.runtime.settings import Settings
+
+from .producer import kafka_security_kwargs
+from .records import (
     Record,
     alert_records,
     budget_state_records,
@@ -61,10 +66,6 @@ from .outputs import (
     dlq_records,
     output_topics,
 )
-from .producer import kafka_security_kwargs
-from .settings import Settings
-from .sink_clickhouse import ClickHouseSink
-from .timeutil import now_ms
 
 log = logging.getLogger("llmops_stream.worker")
 
@@ -133,8 +134,9 @@ async def ensure_topics(settings: Settings) -> None:
             if name in existing:
                 continue
             configs = {"cleanup.policy": "compact"} if name.endswith("llm.budget.state") else {}
-            new.append(NewTopic(name, num_partitions=parts, replication_factor=1,
-                                topic_configs=configs))
+            new.append(
+                NewTopic(name, num_partitions=parts, replication_factor=1, topic_configs=configs)
+            )
         if new:
             with contextlib.suppress(TopicAlreadyExistsError):  # another worker was first
                 await admin.create_topics(new)
@@ -210,16 +212,21 @@ class Worker:
         await ensure_topics(self.s)
         await self._new_producer()
         self.consumer = AIOKafkaConsumer(
-            **kw, group_id=self.s.group, enable_auto_commit=False,
-            auto_offset_reset="earliest", isolation_level="read_committed",
+            **kw,
+            group_id=self.s.group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
             session_timeout_ms=self.s.kafka_session_timeout_ms,
             heartbeat_interval_ms=max(1000, self.s.kafka_session_timeout_ms // 3),
             max_poll_interval_ms=3_600_000,  # a ClickHouse outage must not expel us
-            fetch_max_bytes=16 * 1024 * 1024, max_partition_fetch_bytes=4 * 1024 * 1024,
+            fetch_max_bytes=16 * 1024 * 1024,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
             # let the broker gather ~1 MB (or 100 ms) per fetch: a batch has a fixed cost
             # in the engine, and a trickle of tiny batches when caught up would waste the
             # core that alert latency depends on
-            fetch_min_bytes=1024 * 1024, fetch_max_wait_ms=100,
+            fetch_min_bytes=1024 * 1024,
+            fetch_max_wait_ms=100,
         )
         self.consumer.subscribe([self.s.topic], listener=_Listener(self))
         await self.consumer.start()
@@ -248,8 +255,12 @@ class Worker:
         if self._watcher.maybe_reload():
             for run in self.runs.values():
                 run.engine.set_eval_sets(self._watcher.current)
-            log.info({"event": "eval_sets_reloaded",
-                      "versions": {m: es.version for m, es in self._watcher.current.items()}})
+            log.info(
+                {
+                    "event": "eval_sets_reloaded",
+                    "versions": {m: es.version for m, es in self._watcher.current.items()},
+                }
+            )
 
     def _flush_due(self) -> bool:
         """Time to cut segments: the interval passed and the previous write is done, or so
@@ -289,20 +300,33 @@ class Worker:
         committed = beginning if committed is None else max(committed, beginning)
         # ClickHouse down during a rebalance: wait for it (backpressure), never skip the
         # partition
-        engine, start = await self._retry("ClickHouse", partial(
-            loop.run_in_executor, self._ch_thread, self._restore, tp, committed, beginning
-        ))
-        forced = await self._retry("ClickHouse", partial(
-            loop.run_in_executor, self._ch_thread, self._segment_end, tp, committed
-        ))
+        engine, start = await self._retry(
+            "ClickHouse",
+            partial(loop.run_in_executor, self._ch_thread, self._restore, tp, committed, beginning),
+        )
+        forced = await self._retry(
+            "ClickHouse",
+            partial(loop.run_in_executor, self._ch_thread, self._segment_end, tp, committed),
+        )
         self.runs[tp] = PartitionRun(
-            tp=tp, engine=engine, committed=committed, seg_start=committed,
-            next_offset=start, forced_end=forced,
-            sink=ClickHouseSink(self.client, self.db), checkpointed=start,
+            tp=tp,
+            engine=engine,
+            committed=committed,
+            seg_start=committed,
+            next_offset=start,
+            forced_end=forced,
+            sink=ClickHouseSink(self.client, self.db),
+            checkpointed=start,
         )
         self._consumer.seek(tp, start)
-        log.info("assigned %s[%d]: committed %d, replay from %d, forced end %s",
-                 tp.topic, tp.partition, committed, start, forced)
+        log.info(
+            "assigned %s[%d]: committed %d, replay from %d, forced end %s",
+            tp.topic,
+            tp.partition,
+            committed,
+            start,
+            forced,
+        )
 
     def _segment_end(self, tp: TopicPartition, start: int) -> int | None:
         """End of the segment claimed at ``start`` of ``tp`` (its first writer's), if any."""
@@ -332,8 +356,11 @@ class Worker:
         return Engine(self.engine_config()), beginning
 
     # ------------------------------------------------------------------ processing
-    async def _dispatch(self, batches: dict[TopicPartition, list[Any]],
-                        fetched_for: dict[TopicPartition, PartitionRun | None]) -> None:
+    async def _dispatch(
+        self,
+        batches: dict[TopicPartition, list[Any]],
+        fetched_for: dict[TopicPartition, PartitionRun | None],
+    ) -> None:
         """Hand each partition's records to the run that owned it when they were fetched.
 
         aiokafka runs the rebalance callbacks concurrently with this loop (it marks the new
@@ -376,8 +403,10 @@ class Worker:
         messages = [r.value if r.value is not None else b"" for r in recs]
         offsets = np.fromiter((r.offset for r in recs), dtype=np.int64, count=len(recs))
         out = run.engine.process(
-            messages, source=run.tp.topic,
-            partitions=np.full(len(recs), run.tp.partition, np.int32), offsets=offsets,
+            messages,
+            source=run.tp.topic,
+            partitions=np.full(len(recs), run.tp.partition, np.int32),
+            offsets=offsets,
         )
         run.next_offset = int(offsets[-1]) + 1
         if run.next_offset <= run.committed:
@@ -418,14 +447,18 @@ class Worker:
                 state_only = not run.pending and due and run.checkpointed != run.next_offset
                 if not (ready or state_only):
                     continue
-                parts.append(_Part(
-                    run=run, start=run.seg_start, end=run.next_offset,
-                    sink=run.sink if ready else None,
-                    records=run.records + self._state_records(run) if ready else [],
-                    alert_types=run.alert_types if ready else [],
-                    # the state as of `end`, i.e. after everything this flush commits
-                    snapshot=run.engine.snapshot() if due else None,
-                ))
+                parts.append(
+                    _Part(
+                        run=run,
+                        start=run.seg_start,
+                        end=run.next_offset,
+                        sink=run.sink if ready else None,
+                        records=run.records + self._state_records(run) if ready else [],
+                        alert_types=run.alert_types if ready else [],
+                        # the state as of `end`, i.e. after everything this flush commits
+                        snapshot=run.engine.snapshot() if due else None,
+                    )
+                )
                 if ready:
                     run.sink = ClickHouseSink(self.client, self.db)
                     run.records, run.alert_types, run.states = [], [], []
@@ -455,8 +488,9 @@ class Worker:
         for p in parts:
             if p.sink is None:
                 continue
-            claimed = await self._retry("ClickHouse", partial(
-                loop.run_in_executor, self._ch_thread, self._write_segment, p))
+            claimed = await self._retry(
+                "ClickHouse", partial(loop.run_in_executor, self._ch_thread, self._write_segment, p)
+            )
             if claimed:
                 segments.append(p)
             else:
@@ -469,8 +503,10 @@ class Worker:
             memory.trim()
         for p in parts:
             if p.snapshot is not None and p.run.committed == p.end:
-                await self._retry("ClickHouse", partial(
-                    loop.run_in_executor, self._ch_thread, self._write_state, p))
+                await self._retry(
+                    "ClickHouse",
+                    partial(loop.run_in_executor, self._ch_thread, self._write_state, p),
+                )
                 p.run.checkpointed = p.end
 
     async def _retake(self, p: _Part) -> None:
@@ -478,9 +514,13 @@ class Worker:
         the run (nothing of it was written or committed) and take the partition up again."""
         tp = p.run.tp
         self.metrics.segments_lost.inc()
-        log.warning("segment %s[%d] from %d was claimed by another worker with another end; "
-                    "taking the partition up again from its committed offset",
-                    tp.topic, tp.partition, p.start)
+        log.warning(
+            "segment %s[%d] from %d was claimed by another worker with another end; "
+            "taking the partition up again from its committed offset",
+            tp.topic,
+            tp.partition,
+            p.start,
+        )
         if self.runs.get(tp) is p.run:
             del self.runs[tp]
             await self._take(tp)
@@ -492,13 +532,16 @@ class Worker:
         seg = f"{self.s.group}:{tp.topic}:{tp.partition}:{p.start}"
         self.client.insert_arrow(
             f"{self.db}.llm_segments",
-            pa.table({
-                "group_id": [self.s.group], "topic": [tp.topic],
-                "partition": pa.array([tp.partition], pa.int32()),
-                "start_offset": pa.array([p.start], pa.int64()),
-                "end_offset": pa.array([p.end], pa.int64()),
-                "created_at": pa.array([now_ms()], pa.int64()).cast(pa.timestamp("ms", "UTC")),
-            }),
+            pa.table(
+                {
+                    "group_id": [self.s.group],
+                    "topic": [tp.topic],
+                    "partition": pa.array([tp.partition], pa.int32()),
+                    "start_offset": pa.array([p.start], pa.int64()),
+                    "end_offset": pa.array([p.end], pa.int64()),
+                    "created_at": pa.array([now_ms()], pa.int64()).cast(pa.timestamp("ms", "UTC")),
+                }
+            ),
             settings={"insert_deduplication_token": f"segment:{seg}"},
         )
         if self._segment_end(tp, p.start) != p.end:
@@ -518,7 +561,9 @@ class Worker:
         self.producer = AIOKafkaProducer(
             **kafka_kwargs(self.s),
             transactional_id=f"{self.s.group}.{self.s.topic}.{self.s.worker_id}",
-            enable_idempotence=True, acks="all", linger_ms=5,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=5,
             # a transaction left open by a killed worker blocks read_committed readers of
             # the alert topics until the broker aborts it: keep that short
             transaction_timeout_ms=self.s.kafka_transaction_timeout_ms,
@@ -532,9 +577,11 @@ class Worker:
         self._producer_broken = True  # until the transaction commits
         async with self._producer.transaction():
             futures = [
-                await self._producer.send(rec.topic, value=rec.value, key=rec.key,
-                                         headers=rec.headers)
-                for p in parts for rec in p.records
+                await self._producer.send(
+                    rec.topic, value=rec.value, key=rec.key, headers=rec.headers
+                )
+                for p in parts
+                for rec in p.records
             ]
             if futures:
                 await asyncio.gather(*futures)
@@ -557,8 +604,13 @@ class Worker:
                 return result
             except Exception as exc:  # any failure of the service: retry, never drop data
                 (self.metrics.ch_errors if clickhouse else self.metrics.kafka_errors).inc()
-                log.warning("%s write failed (%s: %s); retrying in %.1f s", what,
-                            type(exc).__name__, str(exc)[:200], delay)
+                log.warning(
+                    "%s write failed (%s: %s); retrying in %.1f s",
+                    what,
+                    type(exc).__name__,
+                    str(exc)[:200],
+                    delay,
+                )
                 if self._stop is not None and self._stop.is_set() and delay >= MAX_BACKOFF_S:
                     raise  # shutting down during an outage: leave, offsets stay uncommitted
                 await asyncio.sleep(delay)
@@ -568,19 +620,21 @@ class Worker:
         tp = p.run.tp
         self.client.insert_arrow(
             f"{self.db}.llm_engine_state",
-            pa.table({
-                "group_id": [self.s.group],
-                "topic": [tp.topic],
-                "partition": pa.array([tp.partition], pa.int32()),
-                "offset": pa.array([p.end], pa.int64()),
-                "state": [base64.b64encode(p.snapshot or b"").decode()],
-                "created_at": pa.array([now_ms()], pa.int64()).cast(pa.timestamp("ms", "UTC")),
-            }),
-            settings={
-                "insert_deduplication_token":
-                    f"state:{self.s.group}:{tp.topic}:{tp.partition}:{p.end}"
-            },
+            pa.table(
+                {
+                    "group_id": [self.s.group],
+                    "topic": [tp.topic],
+                    "partition": pa.array([tp.partition], pa.int32()),
+                    "offset": pa.array([p.end], pa.int64()),
+                    "state": [base64.b64encode(p.snapshot or b"").decode()],
+                    "created_at": pa.array([now_ms()], pa.int64()).cast(pa.timestamp("ms", "UTC")),
+                }
+            ),
+            settings={"insert_deduplication_token": f"state:{self._slot(tp)}:{p.end}"},
         )
+
+    def _slot(self, tp: TopicPartition) -> str:
+        return f"{self.s.group}:{tp.topic}:{tp.partition}"
 
     async def _update_lag(self) -> None:
         for tp in self.runs:

@@ -29,23 +29,35 @@ class WorkerMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.events = PCounter("llmops_events", "Events consumed", ["result"], registry=r)
-        self.rejected = PCounter("llmops_rejected", "Events sent to the DLQ", ["reason"],
-                                 registry=r)
+        self.rejected = PCounter(
+            "llmops_rejected", "Events sent to the DLQ", ["reason"], registry=r
+        )
         self.alerts = PCounter("llmops_alerts", "Alerts published", ["type"], registry=r)
-        self.lag = Gauge("llmops_consumer_lag", "Messages behind the end of the partition",
-                         ["partition"], registry=r)
-        self.rate = Gauge("llmops_events_per_second", "Events/s over the last log period",
-                          registry=r)
-        self.flush = Histogram("llmops_flush_seconds", "ClickHouse + Kafka commit of a flush",
-                               registry=r,
-                               buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
-        self.ch_errors = PCounter("llmops_clickhouse_errors", "Failed ClickHouse writes",
-                                  registry=r)
-        self.kafka_errors = PCounter("llmops_kafka_errors", "Failed Kafka transactions",
-                                     registry=r)
+        self.lag = Gauge(
+            "llmops_consumer_lag",
+            "Messages behind the end of the partition",
+            ["partition"],
+            registry=r,
+        )
+        self.rate = Gauge(
+            "llmops_events_per_second", "Events/s over the last log period", registry=r
+        )
+        self.flush = Histogram(
+            "llmops_flush_seconds",
+            "ClickHouse + Kafka commit of a flush",
+            registry=r,
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.ch_errors = PCounter(
+            "llmops_clickhouse_errors", "Failed ClickHouse writes", registry=r
+        )
+        self.kafka_errors = PCounter("llmops_kafka_errors", "Failed Kafka transactions", registry=r)
         self.segments_lost = PCounter(
-            "llmops_segments_lost", "Segments dropped because another worker claimed their "
-            "start (the partition was taken up again)", registry=r)
+            "llmops_segments_lost",
+            "Segments dropped because another worker claimed their "
+            "start (the partition was taken up again)",
+            registry=r,
+        )
         self.assigned = Gauge("llmops_partitions_assigned", "Partitions owned", registry=r)
         self.totals: Counter[str] = Counter()
         self._window_start = time.monotonic()
@@ -93,16 +105,18 @@ class WorkerMetrics:
         self._window_start, self._window_events = now, 0
         dlq = {k.split(":", 1)[1]: v for k, v in self.totals.items() if k.startswith("rejected:")}
         flushes, self._flush_times = self._flush_times, []
-        log.info({
-            "event": "worker_health",
-            "events_per_s": round(rate, 1),
-            "events_total": self.totals.get("events", 0),
-            "duplicates_total": self.totals.get("duplicates", 0),
-            "dlq_total": self.totals.get("rejected", 0),
-            "dlq_by_reason": dlq,
-            "lag": sum(self._lags.values()),
-            "flushes": len(flushes),
-            "flush_s_avg": round(sum(flushes) / len(flushes), 3) if flushes else None,
-            "flush_s_max": round(max(flushes), 3) if flushes else None,
-            **extra,
-        })
+        log.info(
+            {
+                "event": "worker_health",
+                "events_per_s": round(rate, 1),
+                "events_total": self.totals.get("events", 0),
+                "duplicates_total": self.totals.get("duplicates", 0),
+                "dlq_total": self.totals.get("rejected", 0),
+                "dlq_by_reason": dlq,
+                "lag": sum(self._lags.values()),
+                "flushes": len(flushes),
+                "flush_s_avg": round(sum(flushes) / len(flushes), 3) if flushes else None,
+                "flush_s_max": round(max(flushes), 3) if flushes else None,
+                **extra,
+            }
+        )

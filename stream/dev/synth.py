@@ -53,9 +53,9 @@ import msgspec
 import numpy as np
 import orjson
 
-from ._numba import njit
-from .decode import MAX_MESSAGE_BYTES, REJECT_REASONS
-from .errors import ConfigError
+from llmops_stream.stream.core._numba import njit
+from llmops_stream.stream.core.decode import MAX_MESSAGE_BYTES, REJECT_REASONS
+from llmops_stream.stream.core.errors import ConfigError
 
 __all__ = [
     "REJECT_REASONS",

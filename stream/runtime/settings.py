@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .errors import ConfigError
+from llmops_stream.stream.core.errors import ConfigError
 
 DEFAULT_CLICKHOUSE = "chdb://~/.local/share/llmops-stream/chdb"
 
@@ -33,7 +33,8 @@ class Settings(BaseSettings):
     eval_threshold: float | None = Field(None, description="override the calibrated threshold")
     batch_size: int = Field(20_000, gt=0, description="events per engine micro-batch")
     flush_rows: int = Field(
-        100_000, gt=0,
+        100_000,
+        gt=0,
         description="rows per replay flush; in the worker, the buffered rows at which a flush "
         "waits for the previous one (memory bound)",
     )

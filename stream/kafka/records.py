@@ -21,9 +21,9 @@ import msgspec
 import numpy as np
 import orjson
 
-from .alerts import Alert
-from .budgets import latest_states
-from .timeutil import ms_to_iso
+from llmops_stream.stream.core.alerts import Alert
+from llmops_stream.stream.core.budgets import latest_states
+from llmops_stream.stream.core.timeutil import ms_to_iso
 
 DLQ = "llm.calls.dlq"
 BUDGET_STATE = "llm.budget.state"
@@ -52,9 +52,7 @@ def output_topics(prefix: str = "") -> dict[str, str]:
 def alert_records(alerts: list[Alert], prefix: str = "") -> list[Record]:
     """One record per alert on its type's topic."""
     enc = msgspec.json.encode
-    return [
-        Record(prefix + ALERT_TOPICS[a.type], a.tenant_id.encode(), enc(a), []) for a in alerts
-    ]
+    return [Record(prefix + ALERT_TOPICS[a.type], a.tenant_id.encode(), enc(a), []) for a in alerts]
 
 
 def dlq_records(rejected: dict[str, Any], topic: str, prefix: str = "") -> list[Record]:
@@ -120,8 +118,9 @@ def budget_state_records(states: dict[str, np.ndarray], prefix: str = "") -> lis
                 for r in range(lo, hi)
             ],
         }
-        out.append(Record(prefix + BUDGET_STATE, value["tenant_id"].encode(),
-                          orjson.dumps(value), []))
+        out.append(
+            Record(prefix + BUDGET_STATE, value["tenant_id"].encode(), orjson.dumps(value), [])
+        )
     return out
 
 
@@ -142,6 +141,9 @@ def candidate_records(candidates: dict[str, Any], prefix: str = "") -> list[Reco
             "nearest_eval_id": candidates["nearest_eval_id"][i],
             "embedding": base64.b64encode(emb).decode(),
         }
-        out.append(Record(prefix + CANDIDATES, candidates["tenant_id"][i].encode(),
-                          orjson.dumps(value), []))
+        out.append(
+            Record(
+                prefix + CANDIDATES, candidates["tenant_id"][i].encode(), orjson.dumps(value), []
+            )
+        )
     return out

@@ -126,8 +126,12 @@ class Deduper:
         """Serialised state (for checkpoints)."""
         buf = io.BytesIO()
         live = self._keys != 0
-        np.savez(buf, keys=self._keys[live], hours=self._hours[live],
-                 meta=np.array([self.horizon_hours, self._max_hour], dtype=np.int64))
+        np.savez(
+            buf,
+            keys=self._keys[live],
+            hours=self._hours[live],
+            meta=np.array([self.horizon_hours, self._max_hour], dtype=np.int64),
+        )
         return buf.getvalue()
 
     @classmethod

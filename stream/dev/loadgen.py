@@ -55,10 +55,11 @@ from aiokafka.partitioner import DefaultPartitioner
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .errors import ConfigError
-from .producer import DEFAULT_TOPIC, DeliveryError, kafka_security_kwargs
+from llmops_stream.stream.core.errors import ConfigError
+from llmops_stream.stream.core.timeutil import now_ms
+from llmops_stream.stream.kafka.producer import DEFAULT_TOPIC, DeliveryError, kafka_security_kwargs
+
 from .synth import SynthConfig, generate_events
-from .timeutil import now_ms
 
 __all__ = ["LoadgenStats", "loadgen_main", "run_loadgen"]
 
@@ -202,8 +203,8 @@ async def run_loadgen(
     Setting ``stop`` ends the run early, still delivering what was queued and returning
     the figures (the CLI sets it on Ctrl-C). ``kafka_kwargs`` go to
     :class:`aiokafka.AIOKafkaProducer` (e.g. the output of
-    :func:`~llmops_stream.stream.producer.kafka_security_kwargs`). The topic must exist.
-    Raises :class:`~llmops_stream.stream.producer.DeliveryError` if the broker did not
+    :func:`~llmops_stream.stream.kafka.producer.kafka_security_kwargs`). The topic must exist.
+    Raises :class:`~llmops_stream.stream.kafka.producer.DeliveryError` if the broker did not
     acknowledge every event.
     """
     if not rate > 0:

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from .timeutil import ms_to_iso
+from llmops_stream.stream.core.timeutil import ms_to_iso
 
 TENANT_FIELDS = (
     "calls",

@@ -46,8 +46,13 @@ class RepeatFilter(logging.Filter):
     template) from other libraries; the next one let through says how many were dropped
     (``repeated``). Records of ``own_prefix`` loggers always pass: each says something."""
 
-    def __init__(self, window_s: float = 10.0, *, own_prefix: str = "llmops_stream",
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        window_s: float = 10.0,
+        *,
+        own_prefix: str = "llmops_stream",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__()
         self.window_s = window_s
         self.own_prefix = own_prefix

@@ -12,10 +12,10 @@ checking that it is still the same process (start time and command line).
 
 Command line::
 
-    python -m llmops_stream.stream.kafka_broker fetch   # download the jars only (warm a cache)
-    python -m llmops_stream.stream.kafka_broker start   # prints 127.0.0.1:PORT, leaves it running
-    python -m llmops_stream.stream.kafka_broker status
-    python -m llmops_stream.stream.kafka_broker stop
+    python -m llmops_stream.stream.dev.kafka_broker fetch   # download the jars only
+    python -m llmops_stream.stream.dev.kafka_broker start   # prints 127.0.0.1:PORT, runs on
+    python -m llmops_stream.stream.dev.kafka_broker status
+    python -m llmops_stream.stream.dev.kafka_broker stop
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ MIN_JAVA_MAJOR = 17
 
 # Used when the repository's kafka/pom.xml is not next to the package (a wheel install).
 POM_TEMPLATE = """<?xml version="1.0" encoding="UTF-8"?>
-<!-- Written by llmops_stream.stream.kafka_broker: fetches the Kafka broker's jars. -->
+<!-- Written by llmops_stream.stream.dev.kafka_broker: fetches the Kafka broker's jars. -->
 <project xmlns="http://maven.apache.org/POM/4.0.0">
   <modelVersion>4.0.0</modelVersion>
   <groupId>io.llmops-stream</groupId>
@@ -137,8 +137,8 @@ def default_cache_dir() -> Path:
 
 
 def repo_pom() -> Path:
-    """Where kafka/pom.xml sits in a source checkout: two parents up from this module."""
-    return Path(__file__).resolve().parent.parent / "kafka" / "pom.xml"
+    """Where kafka/pom.xml sits in a source checkout: three parents up from this module."""
+    return Path(__file__).resolve().parents[2] / "kafka" / "pom.xml"
 
 
 def _pom_text() -> tuple[str, str]:
@@ -922,7 +922,7 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """``start`` | ``stop`` | ``status`` | ``fetch``; see the module docstring."""
     parser = argparse.ArgumentParser(
-        prog="python -m llmops_stream.stream.kafka_broker",
+        prog="python -m llmops_stream.stream.dev.kafka_broker",
         description="A local single-node Apache Kafka broker (KRaft) on 127.0.0.1.",
     )
     parser.add_argument(

@@ -1,0 +1,1 @@
+"""The command line (`llmops-stream`): replay, run, demo, report, loadgen."""

@@ -1,0 +1,1 @@
+"""File adapter: JSONL replay through the engine into a sink, no Kafka."""

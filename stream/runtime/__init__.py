@@ -1,0 +1,1 @@
+"""Process plumbing shared by the adapters and the CLI: settings, logs, metrics, memory."""
