@@ -81,18 +81,23 @@ CREATE TABLE IF NOT EXISTS {db}.llm_usage_1m
     stale_calls         UInt64,
     stale_chunks        UInt64,
     outdated_chunks     UInt64,
-    stale_lag_hist      Array(UInt64)   -- ts - source_updated_at of outdated chunks, ms bins
+    stale_lag_hist      Array(UInt64),  -- ts - source_updated_at of outdated chunks, ms bins
+    duplicates          UInt64          -- repeats of an event_id within the dedup horizon
 )
 ENGINE = MergeTree
 PARTITION BY toYYYYMM(minute)
 ORDER BY (tenant_id, minute, app, model, prompt_version, index_version)
 SETTINGS non_replicated_deduplication_window = 100000
 ;
+-- One row per (tenant, budget) for sliding windows (period = ''), one per calendar period
+-- ('2026-11-29' for day, '2026-11' for month): the previous period stays readable, late
+-- events included. as_of is the stream clock the state is at.
 CREATE TABLE IF NOT EXISTS {db}.llm_budget_state
 (
     tenant_id       LowCardinality(String),
     budget_id       String,
     window          LowCardinality(String),
+    period          LowCardinality(String),
     limit_usd       Float64,
     spend_usd       Float64,
     remaining_usd   Float64,
@@ -103,12 +108,14 @@ CREATE TABLE IF NOT EXISTS {db}.llm_budget_state
     version         UInt64
 )
 ENGINE = ReplacingMergeTree(version)
-ORDER BY (tenant_id, budget_id)
+ORDER BY (tenant_id, budget_id, period)
 SETTINGS non_replicated_deduplication_window = 100000
 ;
+-- Every alert message: (alert_id, status) is one message, 'firing' then 'resolved'.
 CREATE TABLE IF NOT EXISTS {db}.llm_alerts
 (
     alert_id        String,
+    status          LowCardinality(String),
     type            LowCardinality(String),
     severity        LowCardinality(String),
     tenant_id       LowCardinality(String),
@@ -122,7 +129,7 @@ CREATE TABLE IF NOT EXISTS {db}.llm_alerts
     details         String   -- JSON object
 )
 ENGINE = ReplacingMergeTree
-ORDER BY alert_id
+ORDER BY (alert_id, status)
 SETTINGS non_replicated_deduplication_window = 100000
 ;
 CREATE TABLE IF NOT EXISTS {db}.llm_rejected

@@ -221,7 +221,13 @@ def cmd_replay(args: argparse.Namespace, console: Console) -> int:
             flush_rows=settings.flush_rows,
             on_progress=on_progress,
         )
-    _print_run_summary(console, result.stats, result.alerts, result.seconds)
+    _print_run_summary(
+        console,
+        result.stats,
+        result.alerts,
+        result.seconds,
+        result.alert_statuses.get("resolved", 0),
+    )
     return 0
 
 
@@ -351,7 +357,13 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
             progress=progress,
             connect=_connect,
         )
-    _print_run_summary(console, result.stats, result.alerts, result.seconds)
+    _print_run_summary(
+        console,
+        result.stats,
+        result.alerts,
+        result.seconds,
+        result.alert_statuses.get("resolved", 0),
+    )
     from .report import budget_states, build_report  # noqa: PLC0415
 
     client = _connect(settings)
@@ -368,7 +380,9 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def _print_run_summary(console: Console, stats: Any, alerts: Any, seconds: float) -> None:
+def _print_run_summary(
+    console: Console, stats: Any, alerts: Any, seconds: float, resolved: int = 0
+) -> None:
     events = stats.get("events", 0)
     console.print(
         f"\n[bold]Processed[/] {events:,} events in {seconds:.1f} s "
@@ -382,7 +396,11 @@ def _print_run_summary(console: Console, stats: Any, alerts: Any, seconds: float
             "Rejected by reason: " + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items()))
         )
     if alerts:
-        console.print("Alerts: " + ", ".join(f"{k} {v}" for k, v in sorted(alerts.items())))
+        console.print(
+            "Alerts fired: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(alerts.items()))
+            + (f"; {resolved:,} resolved" if resolved else "")
+        )
 
 
 def _share(num: int, den: int) -> str:

@@ -25,6 +25,7 @@ TENANT_FIELDS = (
     "uncovered_calls",
     "retrieval_calls",
     "stale_calls",
+    "duplicates",
     "rejected",
 )
 
@@ -36,7 +37,7 @@ def build_report(client: Any, database: str) -> dict[str, Any]:
     rows = client.query(
         f"""SELECT tenant_id, sum(calls), sum(cost_usd), sum(input_tokens), sum(output_tokens),
                   sum(cache_read_tokens), sum(cache_write_tokens), sum(scored), sum(uncovered),
-                  sum(retrieval_calls), sum(stale_calls)
+                  sum(retrieval_calls), sum(stale_calls), sum(duplicates)
            FROM {db}.llm_usage_1m GROUP BY tenant_id ORDER BY tenant_id"""
     ).result_rows
     for row in rows:
@@ -51,35 +52,40 @@ def build_report(client: Any, database: str) -> dict[str, Any]:
         entry["rejected"] = int(count)
     alerts = []
     for r in client.query(
-        f"""SELECT alert_id, type, severity, tenant_id, app, metric, value, threshold,
+        f"""SELECT alert_id, status, type, severity, tenant_id, app, metric, value, threshold,
                   toUnixTimestamp64Milli(window_start), toUnixTimestamp64Milli(window_end),
                   toUnixTimestamp64Milli(emitted_at), details
-           FROM {db}.llm_alerts FINAL ORDER BY window_start, tenant_id, alert_id"""
+           FROM {db}.llm_alerts FINAL
+           ORDER BY emitted_at, tenant_id, alert_id, status = 'resolved'"""
     ).result_rows:
         alerts.append(
             {
                 "alert_id": r[0],
-                "type": r[1],
-                "severity": r[2],
-                "tenant_id": r[3],
-                "app": r[4],
-                "metric": r[5],
-                "value": r[6],
-                "threshold": r[7],
-                "window_start": ms_to_iso(r[8]),
-                "window_end": ms_to_iso(r[9]),
-                "emitted_at": ms_to_iso(r[10]),
-                "details": orjson.loads(r[11]) if r[11] else {},
+                "status": r[1],
+                "type": r[2],
+                "severity": r[3],
+                "tenant_id": r[4],
+                "app": r[5],
+                "metric": r[6],
+                "value": r[7],
+                "threshold": r[8],
+                "window_start": ms_to_iso(r[9]),
+                "window_end": ms_to_iso(r[10]),
+                "emitted_at": ms_to_iso(r[11]),
+                "details": orjson.loads(r[12]) if r[12] else {},
             }
         )
     return {"tenants": tenants, "alerts": alerts}
 
 
 def budget_states(client: Any, database: str) -> list[tuple[Any, ...]]:
-    """Latest budget state rows: (tenant, budget, window, spend, limit, status)."""
+    """Latest budget state rows (the current period of calendar budgets):
+    (tenant, budget, window, spend, limit, status)."""
     return list(
         client.query(
             f"""SELECT tenant_id, budget_id, window, spend_usd, limit_usd, status
-               FROM {database}.llm_budget_state FINAL ORDER BY tenant_id, budget_id"""
+               FROM (SELECT * FROM {database}.llm_budget_state FINAL
+                     ORDER BY tenant_id, budget_id, period DESC)
+               LIMIT 1 BY tenant_id, budget_id"""
         ).result_rows
     )

@@ -35,7 +35,7 @@ import pyarrow as pa
 
 from llmops_stream.schemas import read_text
 from llmops_stream.stream.core.alerts import Alert
-from llmops_stream.stream.core.budgets import latest_states
+from llmops_stream.stream.core.budget_state import latest_states
 from llmops_stream.stream.core.engine import BatchOutput
 from llmops_stream.stream.core.errors import ConfigError
 from llmops_stream.stream.core.timeutil import iso_to_ms, now_ms
@@ -347,6 +347,7 @@ def alerts_table(alerts: list[Alert]) -> pa.Table:
     return pa.table(
         {
             "alert_id": _strings([a.alert_id for a in alerts]),
+            "status": _strings([a.status for a in alerts]),
             "type": _strings([a.type for a in alerts]),
             "severity": _strings([a.severity for a in alerts]),
             "tenant_id": _strings([a.tenant_id for a in alerts]),
@@ -363,11 +364,19 @@ def alerts_table(alerts: list[Alert]) -> pa.Table:
 
 
 def states_table(states: dict[str, np.ndarray]) -> pa.Table:
-    """``llm_budget_state`` rows (the latest per tenant and budget) as an Arrow table.
+    """``llm_budget_state`` rows (the latest per tenant, budget and period) as an Arrow table.
 
     ``version`` is the write time, so ReplacingMergeTree keeps the newest state.
     """
     s = latest_states(states)
+    day = s["window"] == "day"
+    month = s["window"] == "month"
+    start = s["period_start_ms"].astype("datetime64[ms]")
+    period = np.where(
+        day,
+        np.datetime_as_string(start, unit="D"),
+        np.where(month, np.datetime_as_string(start, unit="M"), ""),
+    )
     n = len(s["tenant_id"])
     now = now_ms()
     return pa.table(
@@ -375,6 +384,7 @@ def states_table(states: dict[str, np.ndarray]) -> pa.Table:
             "tenant_id": pa.array(s["tenant_id"], pa.string()),
             "budget_id": pa.array(s["budget_id"], pa.string()),
             "window": pa.array(s["window"], pa.string()),
+            "period": pa.array(period.astype(object), pa.string()),
             "limit_usd": pa.array(s["limit_usd"], pa.float64()),
             "spend_usd": pa.array(s["spend_usd"], pa.float64()),
             "remaining_usd": pa.array(s["remaining_usd"], pa.float64()),

@@ -36,6 +36,7 @@ USAGE_COUNTERS = (
     "stale_calls",
     "stale_chunks",
     "outdated_chunks",
+    "duplicates",  # repeats of an event_id within the dedup horizon (not in ``calls``)
 )
 
 

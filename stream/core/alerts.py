@@ -1,8 +1,10 @@
 """The alert message of every threshold topic, and its deterministic id.
 
-An alert is identified by what crossed and when (tenant, rule, level, window period), never
-by when it was emitted, so re-processing the same events after a crash yields the same
-``alert_id`` and consumers (and ClickHouse's ReplacingMergeTree) can drop the repeat.
+Alerts have a lifecycle: a level that is crossed **fires** once (``status="firing"``) and is
+later **resolved** (``status="resolved"``) under the same ``alert_id``. The id names the
+episode (tenant, rule, level, episode start), never when it was emitted, so re-processing
+the same events after a crash yields the same id, and ``(alert_id, status)`` identifies one
+message: consumers (and ClickHouse's ReplacingMergeTree) drop a repeat.
 """
 
 import hashlib
@@ -13,15 +15,19 @@ import msgspec
 from .timeutil import ms_to_iso, now_ms
 
 ALERT_TYPES = ("budget", "drift", "freshness")
+FIRING = "firing"
+RESOLVED = "resolved"
 
 
 class Alert(msgspec.Struct, kw_only=True):
     """One alert, as published on ``llm.alerts.<type>`` and stored in ``llm_alerts``.
 
     ``window_start``/``window_end`` are RFC 3339 UTC strings; ``emitted_at`` too.
+    ``status`` is ``"firing"`` or ``"resolved"`` (same ``alert_id`` for both).
     """
 
     alert_id: str
+    status: str
     type: str
     severity: str
     tenant_id: str
@@ -54,12 +60,17 @@ def make_alert(
     window_end_ms: int,
     id_parts: tuple[object, ...],
     details: dict[str, Any] | None = None,
+    status: str = FIRING,
+    emitted_at_ms: int | None = None,
 ) -> Alert:
-    """Build an :class:`Alert`; ``id_parts`` identify the crossing (see module doc)."""
+    """Build an :class:`Alert`; ``id_parts`` identify the episode (see module doc)."""
     if type not in ALERT_TYPES:
         raise ValueError(f"unknown alert type {type!r}")
+    if status not in (FIRING, RESOLVED):
+        raise ValueError(f"unknown alert status {status!r}")
     return Alert(
         alert_id=alert_id(type, *id_parts),
+        status=status,
         type=type,
         severity=severity,
         tenant_id=tenant_id,
@@ -69,6 +80,6 @@ def make_alert(
         threshold=float(threshold),
         window_start=ms_to_iso(window_start_ms),
         window_end=ms_to_iso(window_end_ms),
-        emitted_at=ms_to_iso(now_ms()),
+        emitted_at=ms_to_iso(now_ms() if emitted_at_ms is None else emitted_at_ms),
         details=details or {},
     )

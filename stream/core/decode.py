@@ -54,6 +54,8 @@ REJECT_REASONS: dict[str, str] = {
     "too_large": f"the message is larger than {MAX_MESSAGE_BYTES} bytes",
     "bad_timestamp": "ts (or a chunk time) is a string that is not RFC 3339 with an offset, "
     "or an instant before 2000 or after 2100 (e.g. epoch seconds sent as ms)",
+    "ts_in_future": "ts is further ahead of the processing wall clock than the allowed "
+    "future skew (LLMOPS_MAX_FUTURE_SKEW_S, default 900 s)",
     "invalid_value": "a value outside its allowed set or range: unknown status, event_id or "
     "tenant_id empty or longer than 128 characters, negative latency_ms/ttft_ms",
 }

@@ -1,9 +1,12 @@
 """The engine: one micro-batch of raw call events in, every result out, no I/O.
 
-``Engine.process`` decodes, rejects bad events (with a reason), drops retries, prices,
-updates budgets, scores embeddings against the eval set, flags stale retrieval, feeds the
-drift/freshness windows and aggregates per minute. It returns plain columns and alert
-objects; sources and sinks (files, Kafka, ClickHouse) only move bytes around it.
+``Engine.process`` decodes, rejects bad events (with a reason; ``ts_in_future`` for events
+too far ahead of the wall clock), advances the stream clock (:mod:`.clock`), drops retries,
+prices, updates budgets, scores embeddings against the eval set, flags stale retrieval,
+feeds the drift/freshness windows and aggregates per minute. ``Engine.tick`` lets the wall
+clock move an idle stream: sliding spend expires, calendar periods and share windows close.
+Both return plain columns and alert objects; sources and sinks (files, Kafka, ClickHouse)
+only move bytes around it. One engine serves one stream (a Kafka partition, or a replay).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 from .aggregate import USAGE_KEYS, usage_rows
 from .alerts import Alert
 from .budgets import BudgetConfig, BudgetTracker
+from .clock import NO_TIME, StreamClock, WallClock
 from .decode import (
     STATUS_CACHE_HIT,
     STATUS_ERROR,
@@ -33,7 +37,7 @@ from .drift import DriftScorer
 from .evalset import EvalSet
 from .freshness import FreshnessConfig, chunk_staleness, max_age_for
 from .pricing import PriceTable
-from .timeutil import MS_PER_MINUTE
+from .timeutil import MS_PER_MINUTE, ms_to_iso, now_ms
 from .windows import ShareWindows
 
 _STATUS_NAMES = np.array(STATUSES, dtype=object)
@@ -52,7 +56,11 @@ class EngineConfig:
     window_ms: int = 15 * MS_PER_MINUTE
     lateness_ms: int = MS_PER_MINUTE
     candidate_share: float = 0.05  # share of uncovered inputs kept as eval-set candidates
-    dedup_horizon_ms: int = 24 * 3_600_000
+    dedup_horizon_ms: int = 3_600_000  # of stream-clock time after an id was first seen
+    max_future_skew_ms: int = 900_000  # events further ahead of the wall clock: rejected
+    idle_ms: int = 1_000  # wall time without events after which the clock follows the wall
+    budget_hysteresis: float = 0.05  # fraction of the limit below a level to resolve it
+    alert_max_window_ms: int = 24 * 3_600_000  # longest span a share alert is judged over
 
 
 @dataclass
@@ -64,17 +72,30 @@ class BatchOutput:
     rejected: dict[str, Any]
     candidates: dict[str, Any]
     alerts: list[Alert]
-    budget_states: dict[str, np.ndarray]  # columns of BudgetState, touched (tenant, budget)
+    budget_states: dict[str, np.ndarray]  # columns of BudgetState, changed (tenant, budget)
     stats: Counter[str]
+
+
+@dataclass
+class TickOutput:
+    """What time alone changed (:meth:`Engine.tick`): alerts and budget states."""
+
+    alerts: list[Alert]
+    budget_states: dict[str, np.ndarray]
 
 
 class Engine:
     """Stateful stream processor over micro-batches (state: dedup, budgets, windows)."""
 
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, wall: WallClock = now_ms) -> None:
         self.config = config
+        self.clock = StreamClock(
+            wall, max_future_skew_ms=config.max_future_skew_ms, idle_ms=config.idle_ms
+        )
         self.deduper = Deduper(config.dedup_horizon_ms)
-        self.budgets = BudgetTracker(config.budgets or BudgetConfig())
+        self.budgets = BudgetTracker(
+            config.budgets or BudgetConfig(), hysteresis=config.budget_hysteresis
+        )
         self.scorers: dict[str, DriftScorer] = {}
         self.drift_windows = ShareWindows(
             alert_type="drift",
@@ -83,6 +104,7 @@ class Engine:
             threshold=config.drift_threshold,
             min_count=config.drift_min_count,
             lateness_ms=config.lateness_ms,
+            max_window_ms=config.alert_max_window_ms,
         )
         self.fresh_windows = ShareWindows(
             alert_type="freshness",
@@ -91,6 +113,7 @@ class Engine:
             threshold=config.freshness.stale_share_threshold,
             min_count=config.freshness.min_count,
             lateness_ms=config.lateness_ms,
+            max_window_ms=config.alert_max_window_ms,
             lag_quantiles=True,  # alerts carry p50/p90/p99 of ts − source_updated_at
         )
         self.set_eval_sets(config.eval_sets)
@@ -126,10 +149,14 @@ class Engine:
 
         batch, rejected = decode_batch(messages)
         batch = self._check_embedding_dims(batch, rejected)
-        dup = self.deduper.check(batch.tenant_id, batch.event_id, batch.ts_ms)
+        batch = self._reject_future(batch, rejected)
+        before, at = self.clock.advance(batch.ts_ms)
+        dup = self.deduper.check(batch.tenant_id, batch.event_id, at, offs[batch.src_index])
         stats["duplicates"] = int(dup.sum())
-        if dup.any():
-            batch = batch.take(np.flatnonzero(~dup))
+        dups = batch.take(np.flatnonzero(dup)) if dup.any() else None
+        if dups is not None:
+            keep = np.flatnonzero(~dup)
+            batch, before, at = batch.take(keep), before[keep], at[keep]
         b = batch
         stats["valid"] = b.n
         for reason, count in Counter(rejected.reason).items():
@@ -148,7 +175,9 @@ class Engine:
         )
         stats["unpriced"] = int(unpriced.sum())
 
-        budget = self.budgets.apply(b.tenant_id, b.ts_ms, cost, b.app, b.event_id)
+        late_before = self.budgets.late_events
+        alerts = self.budgets.apply(b.tenant_id, b.ts_ms, at, cost, b.app, b.event_id)
+        stats["budget_late"] = self.budgets.late_events - late_before
         scored, uncovered, centroid_sim, nn_sim, eval_version, candidates = self._drift(b)
         stats["scored"], stats["uncovered"] = int(scored.sum()), int(uncovered.sum())
 
@@ -158,19 +187,12 @@ class Engine:
         )
         stats["retrieval"], stats["stale"] = int(st.retrieval.sum()), int(st.stale_query.sum())
 
-        self.drift_windows.add(b.tenant_id, b.app, b.ts_ms, uncovered, scored)
+        self.drift_windows.add(b.tenant_id, b.app, b.ts_ms, uncovered, scored, clock_before=before)
         self.fresh_windows.add(
-            b.tenant_id,
-            b.app,
-            b.ts_ms,
-            st.stale_query,
-            st.retrieval,
-            lag_ms=st.lag_ms,
-            lag_event=st.lag_event,
-        )
-        alerts = list(budget.alerts)
-        alerts += self.drift_windows.close(self.drift_windows.watermark)
-        alerts += self.fresh_windows.close(self.fresh_windows.watermark)
+            b.tenant_id, b.app, b.ts_ms, st.stale_query, st.retrieval, clock_before=before,
+            lag_ms=st.lag_ms, lag_event=st.lag_event,
+        )  # fmt: skip
+        alerts += self._advance()
 
         mismatch = (b.served_model != "") & (b.served_model != b.model)
         src_part, src_off = part[b.src_index], offs[b.src_index]
@@ -214,50 +236,64 @@ class Engine:
             "kafka_offset": src_off,
         }
         status = b.status
-        usage = usage_rows(
-            b.ts_ms - b.ts_ms % MS_PER_MINUTE,
-            keys={k: calls[k] for k in USAGE_KEYS},
-            counters={
-                "calls": np.ones(b.n, dtype=np.int64),
-                "errors": status == STATUS_ERROR,
-                "rate_limited": status == STATUS_RATE_LIMITED,
-                "timeouts": status == STATUS_TIMEOUT,
-                "cache_hits": cache_hit,
-                "unpriced": unpriced,
-                "model_mismatch": mismatch,
-                "escalated": b.route_escalated,
-                "input_tokens": b.input_tokens,
-                "output_tokens": b.output_tokens,
-                "cache_read_tokens": b.cache_read_tokens,
-                "cache_write_tokens": b.cache_write_tokens,
-                "reasoning_tokens": b.reasoning_tokens,
-                "scored": scored,
-                "uncovered": uncovered,
-                "retrieval_calls": st.retrieval,
-                "stale_calls": st.stale_query,
-                "stale_chunks": st.n_stale,
-                "outdated_chunks": st.n_outdated,
-            },
-            cost_usd=cost,
-            latency_ms=b.latency_ms,
-            lag_ms=st.lag_ms,
-            lag_event=st.lag_event,
-        )
+        counters: dict[str, Any] = {
+            "calls": np.ones(b.n, dtype=np.int64),
+            "errors": status == STATUS_ERROR,
+            "rate_limited": status == STATUS_RATE_LIMITED,
+            "timeouts": status == STATUS_TIMEOUT,
+            "cache_hits": cache_hit,
+            "unpriced": unpriced,
+            "model_mismatch": mismatch,
+            "escalated": b.route_escalated,
+            "input_tokens": b.input_tokens,
+            "output_tokens": b.output_tokens,
+            "cache_read_tokens": b.cache_read_tokens,
+            "cache_write_tokens": b.cache_write_tokens,
+            "reasoning_tokens": b.reasoning_tokens,
+            "scored": scored,
+            "uncovered": uncovered,
+            "retrieval_calls": st.retrieval,
+            "stale_calls": st.stale_query,
+            "stale_chunks": st.n_stale,
+            "outdated_chunks": st.n_outdated,
+            "duplicates": np.zeros(b.n, np.int64),
+        }
+        usage = _usage(b, dups, calls, counters, cost, st.lag_ms, st.lag_event)
         return BatchOutput(
             calls=calls,
             usage=usage,
             rejected=_rejected_columns(rejected, messages, part, offs, source),
             candidates=candidates,
             alerts=alerts,
-            budget_states=budget.state_columns(),
+            budget_states=self.budgets.take_changes(),
             stats=stats,
         )
 
+    def tick(self) -> TickOutput:
+        """Let the wall clock move an idle stream (see :class:`.clock.StreamClock`): what
+        time alone changed — resolved budget alerts, closed share windows, budget states."""
+        alerts = self._advance() if self.clock.tick() else []
+        return TickOutput(alerts=alerts, budget_states=self.budgets.take_changes())
+
+    def _advance(self) -> list[Alert]:
+        """Bring budgets, dedup and share windows up to the stream clock."""
+        now = self.clock.value
+        if now == NO_TIME:
+            return []
+        self.deduper.expire(now)
+        alerts = self.budgets.advance(now)
+        alerts += self.drift_windows.close(now)
+        alerts += self.fresh_windows.close(now)
+        return alerts
+
     def snapshot(self) -> bytes:
-        """All stream state (dedup, budgets, drift and freshness windows) as bytes."""
+        """All stream state (clock, dedup bookkeeping, budgets, drift and freshness windows)
+        as bytes. Dedup ids are not in it (see :meth:`.dedup.Deduper.snapshot`): the caller
+        reads them back with :meth:`.dedup.Deduper.rebuild` after :meth:`restore`."""
         return msgspec.msgpack.encode(
             {
-                "version": 1,
+                "version": 2,
+                "clock": self.clock.value,
                 "dedup": self.deduper.snapshot(),
                 "budgets": self.budgets.snapshot(),
                 "drift": self.drift_windows.snapshot(),
@@ -266,29 +302,55 @@ class Engine:
         )
 
     @classmethod
-    def restore(cls, config: EngineConfig, data: bytes) -> Engine:
+    def restore(cls, config: EngineConfig, data: bytes, wall: WallClock = now_ms) -> Engine:
         """An engine continuing from :meth:`snapshot` ``data`` with (possibly new) ``config``."""
         state = msgspec.msgpack.decode(data)
-        if not isinstance(state, dict) or state.get("version") != 1:
+        if not isinstance(state, dict) or state.get("version") != 2:
             raise ValueError("not an engine snapshot of a supported version")
-        engine = cls(config)
+        engine = cls(config, wall)
+        engine.clock.restore(int(state["clock"]))
         engine.deduper = Deduper.restore(state["dedup"])
-        engine.budgets = BudgetTracker.restore(config.budgets or BudgetConfig(), state["budgets"])
+        engine.budgets = BudgetTracker.restore(
+            config.budgets or BudgetConfig(), state["budgets"],
+            hysteresis=config.budget_hysteresis,
+        )  # fmt: skip
+        common = {"lateness_ms": config.lateness_ms, "max_window_ms": config.alert_max_window_ms}
         engine.drift_windows = ShareWindows.restore(
-            state["drift"], threshold=config.drift_threshold, min_count=config.drift_min_count
-        )
+            state["drift"], threshold=config.drift_threshold, min_count=config.drift_min_count,
+            **common,
+        )  # fmt: skip
         engine.fresh_windows = ShareWindows.restore(
             state["freshness"],
             threshold=config.freshness.stale_share_threshold,
             min_count=config.freshness.min_count,
+            **common,
         )
         return engine
 
-    def finish(self) -> list[Alert]:
-        """Close every open drift/freshness window (end of a finite replay)."""
-        return self.drift_windows.close(None) + self.fresh_windows.close(None)
+    def finish(self) -> TickOutput:
+        """End of a finite replay: close every open drift/freshness window; the budget
+        states not handed out yet."""
+        alerts = self.drift_windows.close(None) + self.fresh_windows.close(None)
+        return TickOutput(alerts=alerts, budget_states=self.budgets.take_changes())
 
     # ------------------------------------------------------------------ helpers
+    def _reject_future(self, b: CallBatch, rejected: Rejected) -> CallBatch:
+        """Reject events dated beyond the wall clock plus the allowed skew."""
+        future = self.clock.future_mask(b.ts_ms)
+        if not future.any():
+            return b
+        limit = self.clock.wall() + self.clock.max_future_skew_ms
+        for i in np.flatnonzero(future):
+            rejected.add(
+                int(b.src_index[i]),
+                "ts_in_future",
+                f"ts {ms_to_iso(int(b.ts_ms[i]))} is after {ms_to_iso(limit)} (the wall clock "
+                f"plus the allowed skew of {self.clock.max_future_skew_ms // 1000} s)",
+                tenant_id=b.tenant_id[i],
+                event_id=b.event_id[i],
+            )
+        return b.take(np.flatnonzero(~future))
+
     def _check_embedding_dims(self, b: CallBatch, rejected: Rejected) -> CallBatch:
         """Reject embeddings whose dimension differs from their model's eval set."""
         if not self.scorers or b.n == 0:
@@ -368,6 +430,39 @@ class Engine:
             for k in _CANDIDATE_COLUMNS
         }
         return scored, uncovered, centroid, nn, version, columns
+
+
+def _usage(  # noqa: PLR0917 - the batch, its repeats, and the per-call columns
+    b: CallBatch,
+    dups: CallBatch | None,
+    calls: dict[str, Any],
+    counters: dict[str, Any],
+    cost: np.ndarray,
+    lag_ms: np.ndarray,
+    lag_event: np.ndarray,
+) -> dict[str, Any]:
+    """``llm_usage_1m`` rows of the batch; repeats (``dups``) count only as ``duplicates``."""
+    ts, latency = b.ts_ms, b.latency_ms
+    keys = {k: calls[k] for k in USAGE_KEYS}
+    if dups is not None and dups.n:
+        d = dups.n
+        ts = np.concatenate([ts, dups.ts_ms])
+        latency = np.concatenate([latency, np.full(d, np.nan)])
+        keys = {k: np.concatenate([v, getattr(dups, k)]) for k, v in keys.items()}
+        counters = {
+            k: np.concatenate([np.asarray(v, np.int64), np.full(d, k == "duplicates", np.int64)])
+            for k, v in counters.items()
+        }
+        cost = np.concatenate([cost, np.zeros(d)])
+    return usage_rows(
+        ts - ts % MS_PER_MINUTE,
+        keys=keys,
+        counters=counters,
+        cost_usd=cost,
+        latency_ms=latency,
+        lag_ms=lag_ms,
+        lag_event=lag_event,
+    )
 
 
 _CANDIDATE_COLUMNS = (

@@ -58,16 +58,21 @@ def build_engine_config(
         drift_min_count=settings.drift_min_count,
         window_ms=settings.window_minutes * 60_000,
         candidate_share=settings.candidate_share,
-        dedup_horizon_ms=int(settings.dedup_horizon_hours * 3_600_000),
+        dedup_horizon_ms=int(settings.dedup_horizon_s * 1000),
+        max_future_skew_ms=int(settings.max_future_skew_s * 1000),
+        budget_hysteresis=settings.budget_hysteresis,
+        alert_max_window_ms=int(settings.alert_max_window_h * 3_600_000),
     )
 
 
 @dataclass
 class ReplayStats:
-    """Counters of a replay: engine stats summed over batches, plus alerts by type."""
+    """Counters of a replay: engine stats summed over batches, plus alerts fired by type
+    and alert messages by status."""
 
     stats: Counter[str] = field(default_factory=Counter)
     alerts: Counter[str] = field(default_factory=Counter)
+    alert_statuses: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
 
 
@@ -155,7 +160,8 @@ def feed(  # noqa: PLR0917 - a source's name, number and batches, then where the
         )
         line_no += len(lines)
         result.stats.update(out.stats)
-        result.alerts.update(a.type for a in out.alerts)
+        result.alerts.update(a.type for a in out.alerts if a.status == "firing")
+        result.alert_statuses.update(a.status for a in out.alerts)
         if sink is not None:
             crc = zlib.crc32(b"\n".join(messages), crc)
             sink.add(out)
@@ -171,8 +177,9 @@ def feed(  # noqa: PLR0917 - a source's name, number and batches, then where the
 def finish(engine: Engine, sink: ClickHouseSink | None, result: ReplayStats, token: str) -> None:
     """Close open windows and write the final alerts and budget states."""
     final = engine.finish()
-    result.alerts.update(a.type for a in final)
+    result.alerts.update(a.type for a in final.alerts if a.status == "firing")
+    result.alert_statuses.update(a.status for a in final.alerts)
     if sink is not None:
-        sink.add_alerts(final)
-        sink.add_states(engine.budgets.state_columns())
+        sink.add_alerts(final.alerts)
+        sink.add_states(final.budget_states)
         sink.flush(token)

@@ -22,7 +22,7 @@ import numpy as np
 import orjson
 
 from llmops_stream.stream.core.alerts import Alert
-from llmops_stream.stream.core.budgets import latest_states
+from llmops_stream.stream.core.budget_state import latest_states
 from llmops_stream.stream.core.timeutil import ms_to_iso
 
 DLQ = "llm.calls.dlq"
@@ -91,7 +91,9 @@ def budget_state_records(states: dict[str, np.ndarray], prefix: str = "") -> lis
     """
     if not len(states.get("tenant_id", ())):
         return []
-    latest = latest_states(states)
+    latest = latest_states(states, current_only=True)
+    if not len(latest["tenant_id"]):
+        return []
     order = np.argsort(latest["tenant_id"], kind="stable")
     st = {k: v[order] for k, v in latest.items()}
     as_of, start = _iso(st["as_of_ms"]), _iso(st["period_start_ms"])

@@ -89,6 +89,9 @@ class PartitionRun:
     states: list[dict[str, np.ndarray]] = field(default_factory=list)
     alert_types: list[str] = field(default_factory=list)
     checkpointed: int = -1
+    # outputs of time alone (Engine.tick) wait in the buffers: flushed with the next
+    # segment, or on their own when the partition is idle
+    timed: bool = False
 
     @property
     def pending(self) -> bool:
@@ -106,6 +109,7 @@ class _Part:
     records: list[Record]
     alert_types: list[str]
     snapshot: bytes | None  # engine state as of `end`, when a checkpoint is due
+    claim: bool = True  # False: only outputs of time alone, no offsets (no segment claim)
 
 
 def _offset(record: Any) -> int:
@@ -236,6 +240,7 @@ class Worker:
                     timeout_ms=min(100, self.s.flush_interval_ms), max_records=self.s.batch_size
                 )
                 await self._dispatch(batches, {tp: self.runs.get(tp) for tp in batches})
+                self._tick_idle({tp for tp, recs in batches.items() if recs})
                 if self._flush_due():
                     await self.flush()
                     self._reload_eval_sets()
@@ -352,8 +357,29 @@ class Worker:
         ).result_rows
         if rows:
             offset, blob = rows[0]
-            return Engine.restore(self.engine_config(), base64.b64decode(blob)), int(offset)
+            engine = Engine.restore(self.engine_config(), base64.b64decode(blob))
+            self._rebuild_dedup(tp, engine)
+            return engine, int(offset)
         return Engine(self.engine_config()), beginning
+
+    def _rebuild_dedup(self, tp: TopicPartition, engine: Engine) -> None:
+        """Read back the ids the dedup held at the checkpoint: the calls of the partition's
+        offsets it names (checkpoints hold no ids, so their size does not grow with them)."""
+        span = engine.deduper.rebuild_range()
+        if span is None:
+            return
+        result = self.client.query(
+            f"SELECT tenant_id, event_id, kafka_offset FROM {self.db}.llm_calls "  # noqa: S608 - db name validated in connect()
+            "WHERE source = %(t)s AND kafka_partition = %(p)s "
+            "AND kafka_offset >= %(a)s AND kafka_offset < %(b)s ORDER BY kafka_offset",
+            parameters={"t": tp.topic, "p": tp.partition, "a": span[0], "b": span[1]},
+        )
+        tenants, events, offsets = result.result_columns or ([], [], [])
+        engine.deduper.rebuild(
+            np.asarray(tenants, dtype=object),
+            np.asarray(events, dtype=object),
+            np.asarray(offsets, dtype=np.int64),
+        )
 
     # ------------------------------------------------------------------ processing
     async def _dispatch(
@@ -422,6 +448,29 @@ class Worker:
         run.records += candidate_records(out.candidates, prefix)
         run.alert_types += [a.type for a in out.alerts]
 
+    def _tick_idle(self, fetched: set[TopicPartition]) -> None:
+        """Let the wall clock move the partitions that have nothing left to read, so a
+        tenant that sends nothing still sees its spend expire and its alerts resolve.
+
+        A partition still replaying committed events, redoing a segment, or with records
+        not fetched yet is not idle: its clock must follow those events first.
+        """
+        for tp, run in self.runs.items():
+            if tp in fetched or run.next_offset < run.committed or run.forced_end is not None:
+                continue
+            high = self._consumer.highwater(tp)
+            if high is None or run.next_offset < high:
+                continue
+            out = run.engine.tick()
+            if not out.alerts and not len(out.budget_states.get("tenant_id", ())):
+                continue
+            run.sink.add_alerts(out.alerts)
+            run.sink.add_states(out.budget_states)
+            run.records += alert_records(out.alerts, self.s.output_topic_prefix)
+            run.states.append(out.budget_states)
+            run.alert_types += [a.type for a in out.alerts]
+            run.timed = True
+
     # ------------------------------------------------------------------ flush
     async def flush(self, *, wait: bool = False, checkpoint: bool = False) -> None:
         """Cut every pending segment and write it: ClickHouse, then outputs + offsets.
@@ -444,24 +493,28 @@ class Worker:
                 ready = run.pending and (
                     run.forced_end is None or run.next_offset >= run.forced_end
                 )
+                timed = not run.pending and run.timed
                 state_only = not run.pending and due and run.checkpointed != run.next_offset
-                if not (ready or state_only):
+                if not (ready or timed or state_only):
                     continue
                 parts.append(
                     _Part(
                         run=run,
                         start=run.seg_start,
                         end=run.next_offset,
-                        sink=run.sink if ready else None,
-                        records=run.records + self._state_records(run) if ready else [],
-                        alert_types=run.alert_types if ready else [],
+                        sink=run.sink if ready or timed else None,
+                        records=run.records + self._state_records(run) if ready or timed else [],
+                        alert_types=run.alert_types if ready or timed else [],
                         # the state as of `end`, i.e. after everything this flush commits
                         snapshot=run.engine.snapshot() if due else None,
+                        claim=ready,
                     )
                 )
-                if ready:
+                if ready or timed:
                     run.sink = ClickHouseSink(self.client, self.db)
                     run.records, run.alert_types, run.states = [], [], []
+                    run.timed = False
+                if ready:
                     run.seg_start, run.forced_end = run.next_offset, None
             if parts:
                 self._inflight = asyncio.create_task(self._write(parts))
@@ -527,8 +580,13 @@ class Worker:
 
     def _write_segment(self, p: _Part) -> bool:
         """Claim the segment, then write its rows; False (nothing written) if its start is
-        claimed with another end."""
+        claimed with another end. Outputs of time alone (no offsets) claim nothing: a redo
+        yields the same alert ids and states, which ClickHouse keeps once."""
         tp = p.run.tp
+        if not p.claim:
+            if p.sink is not None:
+                p.sink.flush(f"timed:{self._slot(tp)}:{p.start}:{now_ms()}")
+            return True
         seg = f"{self.s.group}:{tp.topic}:{tp.partition}:{p.start}"
         self.client.insert_arrow(
             f"{self.db}.llm_segments",

@@ -45,7 +45,18 @@ class Settings(BaseSettings):
     freshness_max_age_days: float = Field(30.0, gt=0)
     window_minutes: int = Field(15, gt=0, description="drift/freshness alert window")
     candidate_share: float = Field(0.05, ge=0, le=1)
-    dedup_horizon_hours: float = Field(24.0, gt=0)
+    dedup_horizon_s: float = Field(
+        3600.0, gt=0, description="a repeated event_id within this much stream time counts once"
+    )
+    max_future_skew_s: float = Field(
+        900.0, ge=0, description="events dated further ahead of the wall clock are rejected"
+    )
+    budget_hysteresis: float = Field(
+        0.05, ge=0, lt=1, description="fraction of the limit below a level to resolve its alert"
+    )
+    alert_max_window_h: float = Field(
+        24.0, gt=0, description="longest span a drift/freshness share is judged over"
+    )
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     kafka_security_protocol: str = Field(
         "PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"
