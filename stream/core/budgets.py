@@ -81,19 +81,28 @@ _REASONS = {REASON_BELOW: "below_level", REASON_PERIOD_END: "period_end"}
 _KEEP = [f for f in SLOT.names or () if f not in ("tenant", "rule", *QUEUE_FIELDS)]
 
 
+def _records(n: int, dtype: np.dtype[Any]) -> npt.NDArray[Any]:
+    """``n`` zeroed records of ``dtype``, as a recarray: its rows have attribute access in
+    plain Python too (the kernels' pure-Python runs), and numba compiles it the same."""
+    return np.zeros(n, dtype).view(np.recarray)
+
+
 def _grown(arr: npt.NDArray[Any], need: int) -> npt.NDArray[Any]:
     """``arr`` with at least ``need`` rows (capacity doubles; new rows are zero)."""
     if arr.shape[0] >= need:
         return arr
     cap = max(need, 2 * arr.shape[0], 64)
     out = np.zeros((cap, *arr.shape[1:]), arr.dtype)
+    if isinstance(arr, np.recarray):
+        out = out.view(np.recarray)
     out[: arr.shape[0]] = arr
     return out
 
 
 def _cost_units(cost_usd: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
     """USD -> int64 1e-10 USD units, ``min(round(cost * 1e10), 2**62)`` (half to even)."""
-    f = cost_usd * float(UNITS_PER_USD)
+    # clip first: a cost near float64's range would overflow the multiplication
+    f = np.minimum(cost_usd, float(CAP_UNITS) / UNITS_PER_USD) * float(UNITS_PER_USD)
     return np.where(f >= float(CAP_UNITS), float(CAP_UNITS), np.rint(f)).astype(np.int64)
 
 
@@ -115,7 +124,7 @@ class BudgetTracker:
             self._tenant_sets[name] = np.arange(first, first + len(trules), dtype=np.int64)
             first += len(trules)
         self._infos = [rule_info(r, hysteresis) for r in flat_rules(config)]
-        self._rules = np.zeros(len(self._infos), RULE)
+        self._rules = _records(len(self._infos), RULE)
         for r, info in enumerate(self._infos):
             self._rules[r] = (info.kind, info.res_ms, info.nbuckets, 0, len(info.thresholds))
         if self._infos:
@@ -135,13 +144,13 @@ class BudgetTracker:
             for rs in sets
         )
         self._alert_room = 3 * max(int(self._rules["nlev"][rs].sum()) for rs in sets) + 1
-        self._alerts = np.zeros(max(64, 4 * self._alert_room), ALERT)
+        self._alerts = _records(max(64, 4 * self._alert_room), ALERT)
 
         self._tindex: dict[str, int] = {}
         self._names: list[str] = []
         self._slot0 = np.zeros(0, np.int64)  # per tenant: first slot
         self._nslot = np.zeros(0, np.int64)  # per tenant: number of slots
-        self._slots = np.zeros(0, SLOT)
+        self._slots = _records(0, SLOT)
         self._episodes = np.zeros((0, self._maxlev), np.int64)
         self._prev_episodes = np.zeros((0, self._maxlev), np.int64)
         self._nslots = 0
@@ -247,7 +256,7 @@ class BudgetTracker:
         calendar periods end, and the levels that time ended resolve. Cheap when the clock
         stayed within the same minute since the last call."""
         minute = int(clock_ms) // MS_PER_MINUTE
-        if minute <= self._swept_minute or not self._nslots:
+        if minute <= self._swept_minute:
             return []
         self._swept_minute = minute
         self._meta[META_NA] = 0
@@ -311,7 +320,8 @@ class BudgetTracker:
             if status != FIRE:
                 details["reason"] = _REASONS[reason]
                 details["resolve_below_usd"] = info.resolve_below[k] / UNITS_PER_USD
-            app = apps[event] if apps is not None and event >= 0 else ""
+            # a crossing belongs to the app of its event; a resolution to no app
+            app = apps[event] if apps is not None and event >= 0 and status == FIRE else ""
             out.append(
                 make_alert(
                     type="budget",
@@ -338,7 +348,7 @@ class BudgetTracker:
         the config, tenant names, slot records, episodes and stored buckets (about
         ``200 B x budgets + 16 B x non-empty buckets``). Equal states give equal bytes."""
         encoded = [nm.encode("utf-8") for nm in self._names]
-        slots = self._slots[: self._nslots].copy()
+        slots = np.array(self._slots[: self._nslots], dtype=SLOT)
         for f in QUEUE_FIELDS:
             slots[f] = 0  # the pool layout is rebuilt on restore
         buf = io.BytesIO()
@@ -380,7 +390,7 @@ class BudgetTracker:
             buckets = np.ascontiguousarray(z["buckets"], np.int64).reshape(-1, 2)
         except (OSError, ValueError, KeyError, UnicodeDecodeError) as err:
             raise ValueError(f"not a budget snapshot: {err}") from None
-        if version != _SNAPSHOT_VERSION or old_slots.dtype != SLOT:
+        if version != _SNAPSHOT_VERSION or old_slots.dtype.descr != SLOT.descr:
             raise ValueError(f"budget snapshot version {version} is not supported")
         ends = np.cumsum(lengths).tolist()
         try:

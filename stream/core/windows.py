@@ -1,25 +1,53 @@
-"""Tumbling event-time windows of a share (numerator / denominator) per tenant and app.
+"""Share alerts (numerator / denominator) per tenant and app, on the stream clock.
 
 Drift alerts use uncovered / scored, freshness alerts stale queries / retrieval queries.
-Windows are aligned on multiples of ``window_ms`` since the epoch and closed by the
-watermark: a window ``[start, end)`` closes once ``end <= watermark - lateness_ms``. When it
-closes, every (tenant, app) whose share is above ``threshold`` with at least ``min_count``
-in the denominator gets exactly one alert, identified by (metric, tenant, app, window start).
 
-Lateness is decided per event against the largest timestamp of the events *before it in
-stream order* (and against windows already closed): an event is late when its window ends
-at or before that watermark minus ``lateness_ms``. Because that depends only on the order of
-the events, not on how they were cut into batches or when :meth:`ShareWindows.close` ran,
-the same stream always yields the same alerts. Late events are dropped; those with a
-non-zero denominator are counted in ``late_events``.
+**Windows.** Base windows ``[start, start + window_ms)`` are aligned on multiples of
+``window_ms`` since the epoch. The caller owns the stream clock
+(:class:`~.clock.StreamClock`): :meth:`ShareWindows.add` gets, per event, the clock just
+before it (``clock_before``, non-decreasing), never the largest timestamp seen, so one
+event dated in 2099 lands in its own far window and changes nothing else. An event is
+*late* when its window ends at or before ``clock_before - lateness_ms`` or was already
+closed; late events are dropped (those with a non-zero denominator are counted in
+``late_events``). ``close(clock_ms)`` closes every window ending at or before
+``clock_ms - lateness_ms``; ``close(None)`` closes every open window (end of a finite
+replay). Windows without any event close too: time passes for the evidence rule and for
+the no-data resolution below. Closing costs O(entries + pairs), never O(elapsed windows).
+Since lateness depends only on ``clock_before``, the alerts do not depend on how the
+stream was cut into batches or when ``close`` ran with the clock of its time.
 
-Optionally each event brings lags (e.g. freshness lags of outdated chunks); the window then
-keeps a sparse log-scale histogram per (tenant, app) and alerts carry p50/p90/p99 lags.
+**Evidence rule** (multi-window alerting as in the SRE workbook). When a base window W
+closes, each (tenant, app) pair with history is judged over W if its denominator there
+is at least ``min_count`` (0 counts as 1: a share needs a denominator); otherwise over
+the last k base windows ending at W, for the smallest k = 2, 3, … up to
+``max_window_ms // window_ms`` whose summed denominator reaches ``min_count``. The share
+is summed numerator / summed denominator over that span. If even the longest span lacks
+``min_count``, the pair has no evidence at W. So a quiet tenant (40 calls a quarter hour,
+half uncovered) is judged over 30 minutes and alerted; one with three calls is not.
+
+**Lifecycle** per pair: judged share > ``threshold`` while not firing → one alert
+``status="firing"`` (an episode opens); while firing, further windows above the threshold
+emit nothing; judged share <= threshold → one ``status="resolved"`` alert with the same
+``alert_id`` (``details["reason"] = "below_threshold"``); a firing pair whose longest span
+no longer holds ``min_count`` (traffic stopped) is resolved with reason ``"no_data"``.
+``alert_id`` = hash of (type, metric, tenant, app, episode start), the episode start being
+the start of the window whose close fired it. An alert's ``window_start``/``window_end``
+are the judged span (the longest span for no-data), ``value`` and the detail counts are
+over that span, ``emitted_at`` is the end of the judging window (the engine stays free of
+the wall clock). Details: the numerator and denominator counts under their names,
+``window_ms``, ``span_ms``, ``episode_start`` (RFC 3339), ``reason`` on resolved alerts,
+and with ``lag_quantiles`` ``lag_count`` and ``lag_p50_ms``/``lag_p90_ms``/``lag_p99_ms``
+over the same span (the sparse lag histograms of its windows merged; None without lags).
+Alerts of one ``close`` come ordered by judging window start, then tenant, then app.
+
+**State.** Per pair only the newest closed windows whose denominators reach ``min_count``
+are kept (older ones can never be part of a smallest span again), and nothing older than
+the longest span; see :mod:`.share_history` for the array layout. :meth:`snapshot` carries
+that history, the open windows and the firing episodes, so a restart continues exactly.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -27,50 +55,17 @@ import numpy as np
 
 from .alerts import Alert, make_alert
 from .histograms import N_BINS, bin_index, quantile
+from .share_history import Entries, Episodes, OpenRows, Transition, lifecycle, prune
+from .timeutil import ms_to_iso
 
-_INT64_MIN = int(np.iinfo(np.int64).min)
-# Pending sparse lag contributions of a window are merged once they hold this many entries.
-_LAG_COMPACT_AT = 1 << 16
-_SNAPSHOT_VERSION = 1
-
-
-@dataclass(slots=True)
-class _Window:
-    """Counts of one open window, indexed by pair id (arrays grow with the pair table)."""
-
-    num: np.ndarray
-    den: np.ndarray
-    lag_keys: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    lag_counts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    pending: list[np.ndarray] = field(default_factory=list)
-    pending_len: int = 0
-
-    def grow(self, n_pairs: int) -> None:
-        size = self.num.shape[0]
-        if size >= n_pairs:
-            return
-        new = max(n_pairs, 2 * size, 16)
-        self.num = np.concatenate([self.num, np.zeros(new - size, dtype=np.int64)])
-        self.den = np.concatenate([self.den, np.zeros(new - size, dtype=np.int64)])
-
-    def add_lags(self, keys: np.ndarray) -> None:
-        """``keys``: ``pair * N_BINS + bin`` of each lag (one entry per lag)."""
-        self.pending.append(keys)
-        self.pending_len += keys.shape[0]
-        if self.pending_len >= _LAG_COMPACT_AT:
-            self.compact()
-
-    def compact(self) -> None:
-        if not self.pending:
-            return
-        keys = np.concatenate([self.lag_keys, *self.pending])
-        weights = np.concatenate([self.lag_counts, np.ones(self.pending_len, dtype=np.int64)])
-        unique, inverse = np.unique(keys, return_inverse=True)
-        counts = np.zeros(unique.shape[0], dtype=np.int64)
-        np.add.at(counts, inverse, weights)
-        self.lag_keys, self.lag_counts = unique, counts
-        self.pending = []
-        self.pending_len = 0
+_SNAPSHOT_VERSION = 2
+# Epoch-ms timestamps are limited to +-2**62 (+-146 million years) and durations to 2**45 ms
+# (1,100 years), so window arithmetic in int64 can never overflow.
+_TS_LIMIT = 1 << 62
+_MAX_DURATION = 1 << 45
+_FLOOR = -_TS_LIMIT - 4 * _MAX_DURATION  # below every window end
+_CEIL = _TS_LIMIT + 4 * _MAX_DURATION  # above every window end
+_QUANTILES = (("lag_p50_ms", 0.5), ("lag_p90_ms", 0.9), ("lag_p99_ms", 0.99))
 
 
 def _as_counts(name: str, values: np.ndarray, n: int) -> np.ndarray:
@@ -87,16 +82,20 @@ def _as_counts(name: str, values: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-class ShareWindows:
-    """Tumbling windows of ``numerator / denominator`` per (tenant, app); see module doc.
+def _clamp(ms: int) -> int:
+    return min(max(ms, _FLOOR), _CEIL)
 
-    ``alert_type``: ``"drift"`` or ``"freshness"``; ``metric``: alert metric name (also part
-    of the alert id); ``window_ms``: window length; ``threshold``: share above which a
-    window alerts; ``min_count``: minimum denominator for an alert; ``lateness_ms``: how long
-    after its end (in event time) a window still accepts events; ``numerator_name`` and
-    ``denominator_name``: keys of the counts in the alert details; ``lag_quantiles``: events
-    bring lags (:meth:`add`'s ``lag_ms``/``lag_event``) and alert details carry
-    ``lag_count`` and ``lag_p50_ms``/``lag_p90_ms``/``lag_p99_ms`` (None without lags).
+
+class ShareWindows:
+    """Share alerts of ``numerator / denominator`` per (tenant, app); see the module doc.
+
+    ``alert_type``: ``"drift"`` or ``"freshness"``; ``metric``: alert metric name (part of
+    the alert id); ``window_ms``: base window; ``threshold``: share above which a pair
+    fires; ``min_count``: denominator needed for a judgement; ``lateness_ms``: how long
+    after its end (on the stream clock) a window still accepts events; ``max_window_ms``:
+    longest span judged (at least one window; whole windows count); ``numerator_name``/
+    ``denominator_name``: keys of the counts in the details; ``lag_quantiles``: events bring
+    lags (:meth:`add`'s ``lag_ms``/``lag_event``) and details carry lag quantiles.
     """
 
     def __init__(
@@ -112,13 +111,16 @@ class ShareWindows:
         numerator_name: str = "numerator",
         denominator_name: str = "denominator",
         lag_quantiles: bool = False,
+        max_window_ms: int = 24 * 3_600_000,
     ) -> None:
         if alert_type not in ("drift", "freshness"):
             raise ValueError(f"alert_type must be 'drift' or 'freshness', got {alert_type!r}")
-        if window_ms <= 0:
-            raise ValueError(f"window_ms must be > 0, got {window_ms}")
-        if lateness_ms < 0:
-            raise ValueError(f"lateness_ms must be >= 0, got {lateness_ms}")
+        if not 0 < window_ms <= _MAX_DURATION:
+            raise ValueError(f"window_ms must be in (0, 2**45], got {window_ms}")
+        if not 0 <= lateness_ms <= _MAX_DURATION:
+            raise ValueError(f"lateness_ms must be in [0, 2**45], got {lateness_ms}")
+        if not window_ms <= max_window_ms <= _MAX_DURATION:
+            raise ValueError(f"max_window_ms must be in [window_ms, 2**45], got {max_window_ms}")
         if min_count < 0:
             raise ValueError(f"min_count must be >= 0, got {min_count}")
         if not np.isfinite(threshold):
@@ -129,11 +131,13 @@ class ShareWindows:
         self.threshold = float(threshold)
         self.min_count = int(min_count)
         self.lateness_ms = int(lateness_ms)
+        self.max_window_ms = int(max_window_ms)
         self.severity = severity
         self.numerator_name = numerator_name
         self.denominator_name = denominator_name
         self.lag_quantiles = bool(lag_quantiles)
         self.late_events = 0
+        self._k_max = self.max_window_ms // self.window_ms
         self._tenants: dict[Any, int] = {}
         self._tenant_list: list[Any] = []
         self._apps: dict[Any, int] = {}
@@ -141,22 +145,16 @@ class ShareWindows:
         self._pairs: dict[int, int] = {}
         self._pair_tenant: list[int] = []
         self._pair_app: list[int] = []
-        self._windows: dict[int, _Window] = {}
-        self._watermark: int | None = None
-        # Windows ending at or before this instant are closed.
-        self._closed_end = _INT64_MIN
-
-    # ------------------------------------------------------------------ properties
-
-    @property
-    def watermark(self) -> int | None:
-        """Largest event time seen (epoch ms), None before the first event."""
-        return self._watermark
+        self._open = OpenRows()
+        self._hist = Entries.empty()
+        self._eps = Episodes.empty()
+        self._next_expiry: int | None = None  # window start where a firing pair runs dry
+        self._closed_end = _FLOOR  # windows ending at or before this instant are closed
 
     @property
     def open_windows(self) -> list[int]:
-        """Start (epoch ms) of every open window, ascending."""
-        return sorted(self._windows)
+        """Start (epoch ms) of every open window holding events, ascending."""
+        return [int(s) for s in self._open.starts()]
 
     # ------------------------------------------------------------------ adding
 
@@ -169,6 +167,20 @@ class ShareWindows:
                 names.append(value)
         return np.fromiter(map(table.__getitem__, values), dtype=np.int64, count=len(values))
 
+    def _pair_ids(self, tenants: np.ndarray, apps: np.ndarray) -> np.ndarray:
+        tc = self._intern(tenants.tolist(), self._tenants, self._tenant_list)
+        ac = self._intern(apps.tolist(), self._apps, self._app_list)
+        unique, inverse = np.unique((tc << 32) | ac, return_inverse=True)
+        ids = np.empty(unique.shape[0], dtype=np.int64)
+        for u, key in enumerate(unique.tolist()):
+            pid = self._pairs.get(key)
+            if pid is None:
+                pid = self._pairs[key] = len(self._pair_tenant)
+                self._pair_tenant.append(key >> 32)
+                self._pair_app.append(key & 0xFFFFFFFF)
+            ids[u] = pid
+        return ids[inverse]
+
     def add(
         self,
         tenant_ids: np.ndarray,
@@ -177,6 +189,7 @@ class ShareWindows:
         numerator: np.ndarray,
         denominator: np.ndarray,
         *,
+        clock_before: np.ndarray,
         lag_ms: np.ndarray | None = None,
         lag_event: np.ndarray | None = None,
     ) -> None:
@@ -184,8 +197,9 @@ class ShareWindows:
 
         ``tenant_ids``/``apps``: ``object[n]`` (str, or None for no app); ``ts_ms``:
         ``int64[n]`` event times; ``numerator``/``denominator``: ``bool[n]`` or non-negative
-        integer ``[n]``, numerator <= denominator. Optional ``lag_ms``: ``int64[o]`` lags
-        (negative ones count as 0) owned by events ``lag_event``: ``int64[o]``.
+        integer ``[n]``, numerator <= denominator; ``clock_before``: ``int64[n]``, the stream
+        clock just before each event (non-decreasing). Optional ``lag_ms``: ``int64[o]``
+        lags (negative ones count as 0) owned by events ``lag_event``: ``int64[o]``.
         """
         ts = np.asarray(ts_ms)
         if ts.ndim != 1 or ts.dtype != np.int64:
@@ -195,202 +209,167 @@ class ShareWindows:
         app_values = np.asarray(apps, dtype=object)
         if tenants.shape != (n,) or app_values.shape != (n,):
             raise ValueError(f"tenant_ids and apps must have shape ({n},)")
+        clock = np.asarray(clock_before)
+        if clock.shape != (n,) or clock.dtype != np.int64:
+            raise ValueError(f"clock_before must be int64 of shape ({n},)")
+        if n > 1 and bool(np.any(clock[1:] < clock[:-1])):
+            raise ValueError("clock_before must be non-decreasing")
+        if n and (int(ts.min()) < -_TS_LIMIT or int(ts.max()) > _TS_LIMIT):
+            raise ValueError("ts_ms must be within +-2**62 ms of the epoch")
         num = _as_counts("numerator", numerator, n)
         den = _as_counts("denominator", denominator, n)
         if n and bool(np.any(num > den)):
             raise ValueError("numerator must not exceed denominator")
-        if (lag_ms is None) != (lag_event is None):
-            raise ValueError("lag_ms and lag_event go together")
-        if lag_ms is not None and not self.lag_quantiles:
-            raise ValueError("lags need ShareWindows(lag_quantiles=True)")
-        lags: np.ndarray | None = None
-        owners: np.ndarray | None = None
-        if lag_ms is not None and lag_event is not None:
-            lags = np.asarray(lag_ms)
-            owners = np.asarray(lag_event)
-            if lags.ndim != 1 or lags.dtype != np.int64 or owners.shape != lags.shape:
-                raise ValueError("lag_ms and lag_event must be 1-d int64 arrays of one length")
-            if owners.dtype.kind not in "iu":
-                raise ValueError("lag_event must be integer")
-            owners = owners.astype(np.int64, copy=False)
-            if lags.shape[0] and (int(owners.min()) < 0 or int(owners.max()) >= n):
-                raise ValueError(f"lag_event must index the batch [0, {n})")
+        lags, owners = self._check_lags(lag_ms, lag_event, n)
         if n == 0:
             return
 
-        # Watermark before each event: max of the previous watermark and earlier events.
-        before = np.empty(n, dtype=np.int64)
-        before[0] = _INT64_MIN if self._watermark is None else self._watermark
-        if n > 1:
-            np.maximum.accumulate(ts[:-1], out=before[1:])
-            np.maximum(before[1:], before[0], out=before[1:])
-        np.maximum(before, _INT64_MIN + self.lateness_ms, out=before)
-        bound = np.maximum(before - self.lateness_ms, self._closed_end)
-        starts = (ts // self.window_ms) * self.window_ms
-        late = starts + self.window_ms <= bound
+        w = self.window_ms
+        starts = (ts // w) * w
+        # Late: the window ends at or before clock_before - lateness, or is already closed.
+        bound = np.maximum(np.clip(clock, _FLOOR, _CEIL) - self.lateness_ms, self._closed_end)
+        late = starts + w <= bound
         self.late_events += int(np.count_nonzero(late & (den > 0)))
-        top = int(ts.max())
-        self._watermark = top if self._watermark is None else max(self._watermark, top)
-
-        keep = ~late & ((den > 0) | (num > 0))
+        keep = ~late & (den > 0)
         lag_keep: np.ndarray | None = None
         if lags is not None and owners is not None and lags.shape[0]:
             keep |= np.bincount(owners, minlength=n).astype(bool) & ~late
             lag_keep = keep[owners]
-        if not keep.any():
-            return
         kept = np.flatnonzero(keep)
-        tc = self._intern(tenants[kept].tolist(), self._tenants, self._tenant_list)
-        ac = self._intern(app_values[kept].tolist(), self._apps, self._app_list)
-        combo = (tc << 32) | ac
-        unique_combo, combo_inverse = np.unique(combo, return_inverse=True)
-        pair_ids = np.empty(unique_combo.shape[0], dtype=np.int64)
-        for i, key in enumerate(unique_combo.tolist()):
-            pid = self._pairs.get(key)
-            if pid is None:
-                pid = len(self._pair_tenant)
-                self._pairs[key] = pid
-                self._pair_tenant.append(key >> 32)
-                self._pair_app.append(key & 0xFFFFFFFF)
-            pair_ids[i] = pid
-        pairs = pair_ids[combo_inverse]
-        n_pairs = len(self._pair_tenant)
-        kept_num = num[kept]
-        kept_den = den[kept]
-        unique_starts, window_of = np.unique(starts[kept], return_inverse=True)
-
-        lag_window: np.ndarray | None = None
-        lag_keys: np.ndarray | None = None
+        if kept.shape[0] == 0:
+            return
+        pairs = np.zeros(n, dtype=np.int64)
+        pairs[kept] = self._pair_ids(tenants[kept], app_values[kept])
+        self._eps.grow(len(self._pair_tenant))
+        block = np.stack(
+            [starts[kept], pairs[kept], np.full(kept.shape[0], -1), num[kept], den[kept]]
+            + [np.zeros(kept.shape[0], dtype=np.int64)]
+        )
+        self._open.append(block)
         if lag_keep is not None and lags is not None and owners is not None:
-            # Position of each kept event among the kept ones, to find a lag's window/pair.
-            position = np.cumsum(keep) - 1
-            owner_pos = position[owners[lag_keep]]
-            bins = bin_index(np.maximum(lags[lag_keep], 0)).astype(np.int64)
-            lag_keys = pairs[owner_pos] * N_BINS + bins
-            lag_window = window_of[owner_pos]
+            mine = owners[lag_keep]
+            if mine.shape[0]:
+                bins = bin_index(np.maximum(lags[lag_keep], 0)).astype(np.int64)
+                zeros = np.zeros(mine.shape[0], dtype=np.int64)
+                ones = np.ones(mine.shape[0], dtype=np.int64)
+                self._open.append(np.stack([starts[mine], pairs[mine], bins, zeros, zeros, ones]))
 
-        for w, start in enumerate(unique_starts.tolist()):
-            window = self._windows.get(start)
-            if window is None:
-                window = _Window(
-                    num=np.zeros(max(n_pairs, 16), dtype=np.int64),
-                    den=np.zeros(max(n_pairs, 16), dtype=np.int64),
-                )
-                self._windows[start] = window
-            window.grow(n_pairs)
-            if unique_starts.shape[0] == 1:
-                sel: slice | np.ndarray = slice(None)
-            else:
-                sel = window_of == w
-            np.add.at(window.num, pairs[sel], kept_num[sel])
-            np.add.at(window.den, pairs[sel], kept_den[sel])
-            if lag_keys is not None and lag_window is not None:
-                mine = lag_keys[lag_window == w]
-                if mine.shape[0]:
-                    window.add_lags(mine)
+    def _check_lags(
+        self, lag_ms: np.ndarray | None, lag_event: np.ndarray | None, n: int
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        if (lag_ms is None) != (lag_event is None):
+            raise ValueError("lag_ms and lag_event go together")
+        if lag_ms is None or lag_event is None:
+            return None, None
+        if not self.lag_quantiles:
+            raise ValueError("lags need ShareWindows(lag_quantiles=True)")
+        lags = np.asarray(lag_ms)
+        owners = np.asarray(lag_event)
+        if lags.ndim != 1 or lags.dtype != np.int64 or owners.shape != lags.shape:
+            raise ValueError("lag_ms and lag_event must be 1-d int64 arrays of one length")
+        if owners.dtype.kind not in "iu":
+            raise ValueError("lag_event must be integer")
+        owners = owners.astype(np.int64, copy=False)
+        if lags.shape[0] and (int(owners.min()) < 0 or int(owners.max()) >= n):
+            raise ValueError(f"lag_event must index the batch [0, {n})")
+        return lags, owners
 
     # ------------------------------------------------------------------ closing
 
-    def close(self, watermark_ms: int | None = None) -> list[Alert]:
-        """Close windows with ``end <= watermark_ms - lateness_ms`` (all when None).
-
-        Returns the alerts of the closed windows, ordered by window start, tenant and app.
-        """
-        if watermark_ms is None:
-            starts = sorted(self._windows)
-            if starts:
-                self._closed_end = max(self._closed_end, starts[-1] + self.window_ms)
+    def close(self, clock_ms: int | None) -> list[Alert]:
+        """Close the windows ending at or before ``clock_ms - lateness_ms`` (every open one
+        when None) and judge them; returns their alerts (see the module doc for the order)."""
+        w = self.window_ms
+        if clock_ms is None:
+            last = self._open.last_start()
+            if last is None:
+                return []
+            bound = last + w
         else:
-            bound = int(watermark_ms) - self.lateness_ms
-            starts = sorted(s for s in self._windows if s + self.window_ms <= bound)
-            self._closed_end = max(self._closed_end, bound)
-        alerts: list[Alert] = []
-        for start in starts:
-            alerts.extend(self._alerts_of(start, self._windows.pop(start)))
+            bound = _clamp(int(clock_ms) - self.lateness_ms)
+        if bound <= self._closed_end:
+            return []
+        self._closed_end = bound
+        s_limit = (bound // w - 1) * w  # start of the last closed window
+        first_open = self._open.first_start()
+        if (first_open is None or first_open > s_limit) and (
+            self._next_expiry is None or self._next_expiry > s_limit
+        ):
+            return []  # no window with data closes and no episode runs dry: nothing to judge
+        hist, is_new = self._hist.insert(self._open.pop_until(s_limit))
+        self._eps.grow(len(self._pair_tenant))
+        transitions = lifecycle(
+            hist,
+            is_new,
+            self._eps,
+            min_count=self.min_count,
+            threshold=self.threshold,
+            window_ms=w,
+            k_max=self._k_max,
+            s_limit=s_limit,
+        )
+        alerts = self._alerts(hist, transitions)
+        first_needed = s_limit + w - (self._k_max - 1) * w
+        self._hist = prune(hist, min_count=self.min_count, first_needed=first_needed)
+        self._next_expiry = self._eps.next_expiry(self._k_max * w)
         return alerts
 
-    def _alerts_of(self, start: int, window: _Window) -> list[Alert]:
-        n_pairs = len(self._pair_tenant)
-        num = window.num[:n_pairs]
-        den = window.den[:n_pairs]
-        eligible = (den > 0) & (den >= self.min_count)
-        share = np.zeros(n_pairs, dtype=np.float64)
-        np.divide(num, den, out=share, where=eligible)
-        hits = np.flatnonzero(eligible & (share > self.threshold))
-        if hits.shape[0] == 0:
-            return []
-        window.compact()
-        rows: list[tuple[str, str, int]] = []
-        for pid in hits.tolist():
-            tenant = self._tenant_list[self._pair_tenant[pid]]
-            app = self._app_list[self._pair_app[pid]]
-            rows.append(
-                ("" if tenant is None else str(tenant), "" if app is None else str(app), pid)
-            )
-        rows.sort()
-        lag_pairs = window.lag_keys // N_BINS
-        alerts = []
-        for tenant, app, pid in rows:
+    def _alerts(self, hist: Entries, transitions: list[Transition]) -> list[Alert]:
+        rows = []
+        for tr in transitions:
+            tenant = self._tenant_list[self._pair_tenant[tr.pair]]
+            app = self._app_list[self._pair_app[tr.pair]]
+            tenant_s = "" if tenant is None else str(tenant)
+            app_s = "" if app is None else str(app)
+            rows.append((tr.window, tenant_s, app_s, tr))
+        rows.sort(key=lambda r: r[:3])
+        out = []
+        for window, tenant, app, tr in rows:
+            num = int(hist.num[tr.lo : tr.hi].sum())
+            den = int(hist.den[tr.lo : tr.hi].sum())
+            end = window + self.window_ms
             details: dict[str, Any] = {
-                self.numerator_name: int(num[pid]),
-                self.denominator_name: int(den[pid]),
+                self.numerator_name: num,
+                self.denominator_name: den,
                 "window_ms": self.window_ms,
+                "span_ms": end - tr.span_start,
+                "episode_start": ms_to_iso(tr.episode),
             }
+            if tr.reason is not None:
+                details["reason"] = tr.reason
             if self.lag_quantiles:
-                lo, hi = np.searchsorted(lag_pairs, [pid, pid + 1])
-                hist = np.zeros(N_BINS, dtype=np.uint64)
-                hist[window.lag_keys[lo:hi] % N_BINS] = window.lag_counts[lo:hi]
-                total = int(hist.sum())
-                details["lag_count"] = total
-                for name, q in (("lag_p50_ms", 0.5), ("lag_p90_ms", 0.9), ("lag_p99_ms", 0.99)):
-                    details[name] = quantile(hist, q) if total else None
-            alerts.append(
+                details.update(self._lag_details(hist, tr.lo, tr.hi))
+            out.append(
                 make_alert(
                     type=self.alert_type,
                     severity=self.severity,
                     tenant_id=tenant,
                     app=app,
                     metric=self.metric,
-                    value=float(share[pid]),
+                    value=num / den if den else 0.0,
                     threshold=self.threshold,
-                    window_start_ms=start,
-                    window_end_ms=start + self.window_ms,
-                    id_parts=(self.metric, tenant, app, start),
+                    window_start_ms=tr.span_start,
+                    window_end_ms=end,
+                    id_parts=(self.metric, tenant, app, tr.episode),
                     details=details,
+                    status=tr.status,
+                    emitted_at_ms=end,
                 )
             )
-        return alerts
+        return out
+
+    @staticmethod
+    def _lag_details(hist: Entries, lo: int, hi: int) -> dict[str, Any]:
+        a, b = int(hist.lag_off[lo]), int(hist.lag_off[hi])
+        hist_bins = np.zeros(N_BINS, dtype=np.uint64)
+        np.add.at(hist_bins, hist.lag_bin[a:b], hist.lag_cnt[a:b].astype(np.uint64))
+        total = int(hist_bins.sum())
+        details: dict[str, Any] = {"lag_count": total}
+        for name, q in _QUANTILES:
+            details[name] = quantile(hist_bins, q) if total else None
+        return details
 
     # ------------------------------------------------------------------ state
-
-    def snapshot(self) -> bytes:
-        """Serialise the whole state (parameters included) to bytes (msgpack)."""
-        windows = []
-        for start in sorted(self._windows):
-            window = self._windows[start]
-            window.compact()
-            windows.append(
-                [
-                    start,
-                    window.num.astype("<i8").tobytes(),
-                    window.den.astype("<i8").tobytes(),
-                    window.lag_keys.astype("<i8").tobytes(),
-                    window.lag_counts.astype("<i8").tobytes(),
-                ]
-            )
-        state = {
-            "version": _SNAPSHOT_VERSION,
-            "params": self._params(),
-            "late_events": self.late_events,
-            "tenants": self._tenant_list,
-            "apps": self._app_list,
-            "pair_tenant": self._pair_tenant,
-            "pair_app": self._pair_app,
-            "windows": windows,
-            "watermark": self._watermark,
-            "closed_end": self._closed_end,
-        }
-        return msgspec.msgpack.encode(state)
 
     def _params(self) -> dict[str, Any]:
         return {
@@ -400,21 +379,71 @@ class ShareWindows:
             "threshold": self.threshold,
             "min_count": self.min_count,
             "lateness_ms": self.lateness_ms,
+            "max_window_ms": self.max_window_ms,
             "severity": self.severity,
             "numerator_name": self.numerator_name,
             "denominator_name": self.denominator_name,
             "lag_quantiles": self.lag_quantiles,
         }
 
+    def snapshot(self) -> bytes:
+        """Serialise the whole state (parameters included) to bytes (msgpack).
+
+        Only pairs that still hold open counts, history or a firing episode are written
+        (renumbered), so a restart also forgets pairs that went quiet for good.
+        """
+        self._open.compact()
+        n_pairs = len(self._pair_tenant)
+        self._eps.grow(n_pairs)
+        firing = np.flatnonzero(self._eps.firing[:n_pairs])
+        used = np.unique(np.concatenate([self._open.rows[1], self._hist.pair, firing]))
+        remap = np.full(max(n_pairs, 1), -1, dtype=np.int64)
+        remap[used] = np.arange(used.shape[0])  # increasing: sort orders are kept
+        pair_tenant = np.asarray(self._pair_tenant, dtype=np.int64)[used]
+        pair_app = np.asarray(self._pair_app, dtype=np.int64)[used]
+        tenants, tenant_code = np.unique(pair_tenant, return_inverse=True)
+        apps, app_code = np.unique(pair_app, return_inverse=True)
+        open_rows = self._open.rows.copy()
+        open_rows[1] = remap[open_rows[1]]
+        hist = self._hist
+        hist = Entries(
+            remap[hist.pair],
+            hist.start,
+            hist.num,
+            hist.den,
+            hist.lag_off,
+            hist.lag_bin,
+            hist.lag_cnt,
+        )
+        state = {
+            "version": _SNAPSHOT_VERSION,
+            "params": self._params(),
+            "late_events": self.late_events,
+            "closed_end": self._closed_end,
+            "tenants": [self._tenant_list[t] for t in tenants.tolist()],
+            "apps": [self._app_list[a] for a in apps.tolist()],
+            "pair_tenant": tenant_code.astype("<i8").tobytes(),
+            "pair_app": app_code.astype("<i8").tobytes(),
+            "open": open_rows.astype("<i8").tobytes(),
+            "history": hist.arrays(),
+            "firing": [
+                remap[firing].astype("<i8").tobytes(),
+                self._eps.episode[firing].astype("<i8").tobytes(),
+                self._eps.evidence[firing].astype("<i8").tobytes(),
+            ],
+        }
+        return msgspec.msgpack.encode(state)
+
     @classmethod
     def restore(cls, data: bytes, **overrides: Any) -> ShareWindows:
         """Rebuild from :meth:`snapshot` bytes.
 
-        ``overrides`` may change ``threshold``, ``min_count``, ``lateness_ms`` and
-        ``severity`` (e.g. a changed configuration at restart); the shape of the state
-        (type, metric, window length) cannot change.
+        ``overrides`` may change ``threshold``, ``min_count``, ``lateness_ms``,
+        ``max_window_ms`` and ``severity`` (a changed configuration at restart; they apply
+        from the next judgement on, to the history kept so far); the shape of the state
+        (type, metric, window length, lags) cannot change.
         """
-        allowed = {"threshold", "min_count", "lateness_ms", "severity"}
+        allowed = {"threshold", "min_count", "lateness_ms", "severity", "max_window_ms"}
         if set(overrides) - allowed:
             raise ValueError(f"only {sorted(allowed)} can be overridden on restore")
         state = msgspec.msgpack.decode(data)
@@ -424,23 +453,24 @@ class ShareWindows:
         params.update(overrides)
         self = cls(**params)
         self.late_events = int(state["late_events"])
+        self._closed_end = int(state["closed_end"])
         self._tenant_list = list(state["tenants"])
         self._tenants = {t: i for i, t in enumerate(self._tenant_list)}
         self._app_list = list(state["apps"])
         self._apps = {a: i for i, a in enumerate(self._app_list)}
-        self._pair_tenant = [int(t) for t in state["pair_tenant"]]
-        self._pair_app = [int(a) for a in state["pair_app"]]
+        self._pair_tenant = np.frombuffer(state["pair_tenant"], dtype="<i8").tolist()
+        self._pair_app = np.frombuffer(state["pair_app"], dtype="<i8").tolist()
         self._pairs = {
             (t << 32) | a: i
             for i, (t, a) in enumerate(zip(self._pair_tenant, self._pair_app, strict=True))
         }
-        for start, num, den, lag_keys, lag_counts in state["windows"]:
-            self._windows[int(start)] = _Window(
-                num=np.frombuffer(num, dtype="<i8").astype(np.int64),
-                den=np.frombuffer(den, dtype="<i8").astype(np.int64),
-                lag_keys=np.frombuffer(lag_keys, dtype="<i8").astype(np.int64),
-                lag_counts=np.frombuffer(lag_counts, dtype="<i8").astype(np.int64),
-            )
-        self._watermark = None if state["watermark"] is None else int(state["watermark"])
-        self._closed_end = int(state["closed_end"])
+        self._open = OpenRows(np.frombuffer(state["open"], dtype="<i8").reshape(6, -1).copy())
+        self._open.rows = self._open.rows.astype(np.int64)
+        self._hist = Entries.from_arrays(state["history"])
+        self._eps.grow(len(self._pair_tenant))
+        pids, episode, evidence = (np.frombuffer(b, dtype="<i8") for b in state["firing"])
+        self._eps.firing[pids] = True
+        self._eps.episode[pids] = episode
+        self._eps.evidence[pids] = evidence
+        self._next_expiry = self._eps.next_expiry(self._k_max * self.window_ms)
         return self

@@ -1,9 +1,9 @@
-"""Budget tracker: semantics against a reference model, edge cases, config errors, kernels."""
+"""Budget tracker: semantics against a reference model over time, lifecycle, edge cases,
+config errors, and the kernels compiled and as plain Python."""
 
 import json
 import random
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,12 +14,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llmops_stream.stream.core import budgets as bm
+from llmops_stream.stream.core import budget_kernels as kern
 from llmops_stream.stream.core.alerts import Alert
+from llmops_stream.stream.core.budget_layout import META_USED
 from llmops_stream.stream.core.budgets import (
     BudgetConfig,
     BudgetRule,
-    BudgetState,
     BudgetTracker,
     load_budgets,
     parse_budgets,
@@ -27,23 +27,11 @@ from llmops_stream.stream.core.budgets import (
 from llmops_stream.stream.core.errors import ConfigError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from reference_budgets import ReferenceBudgets  # noqa: E402
+from reference_budgets import ReferenceBudgets, period_of  # noqa: E402
 
 MIN = 60_000
 HOUR = 3_600_000
 DAY = 86_400_000
-
-
-def month_index(ms: int) -> int:
-    """Calendar month (UTC) of an epoch-ms instant as ``year*12 + month-1`` (reference)."""
-    dt = datetime.fromtimestamp(ms / 1000.0, tz=UTC)
-    return dt.year * 12 + dt.month - 1
-
-
-def month_start_ms(index: int) -> int:
-    """Epoch ms of the first instant of calendar month ``index`` (reference)."""
-    year, month0 = divmod(index, 12)
-    return int(datetime(year, month0 + 1, 1, tzinfo=UTC).timestamp() * 1000)
 
 
 def ms(text: str) -> int:
@@ -51,42 +39,44 @@ def ms(text: str) -> int:
     return int(datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp() * 1000)
 
 
-Event = tuple[str, int, float, str, str]  # tenant, ts_ms, cost_usd, app, event_id
+# tenant, ts_ms, clock after the event (ms), cost_usd, app, event_id
+Event = tuple[str, int, int, float, str, str]
 
 
-def columns(events: list[Event]) -> tuple[np.ndarray, ...]:
-    """Events as the column arrays :meth:`BudgetTracker.apply` takes."""
-    return (
+def run(tracker: BudgetTracker, events: list[Event]) -> list[Alert]:
+    return tracker.apply(
         np.array([e[0] for e in events], dtype=object),
         np.array([e[1] for e in events], dtype=np.int64),
-        np.array([e[2] for e in events], dtype=np.float64),
-        np.array([e[3] for e in events], dtype=object),
+        np.array([e[2] for e in events], dtype=np.int64),
+        np.array([e[3] for e in events], dtype=np.float64),
         np.array([e[4] for e in events], dtype=object),
+        np.array([e[5] for e in events], dtype=object),
     )
 
 
-def run(tracker: BudgetTracker, events: list[Event]) -> bm.BudgetResult:
-    return tracker.apply(*columns(events))
+def stream(items: list[tuple[str, int, float]], app: str = "a") -> list[Event]:
+    """(tenant, ts, cost) in stream order -> events with the clock as max of ts so far."""
+    out, clock = [], -(2**62)
+    for i, (tenant, ts, cost) in enumerate(items):
+        clock = max(clock, ts)
+        out.append((tenant, ts, clock, cost, app, f"e{i}"))
+    return out
 
 
 def comparable(alert: Alert) -> dict[str, Any]:
-    """An alert without its wall-clock field."""
-    d = msgspec.structs.asdict(alert)
-    d.pop("emitted_at")
-    return d
+    return msgspec.structs.asdict(alert)
 
 
-def state_map(states: list[BudgetState]) -> dict[tuple[str, str], dict[str, Any]]:
-    return {(s.tenant_id, s.budget_id): msgspec.structs.asdict(s) for s in states}
-
-
-def column_rows(cols: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-    """Columns (``state_columns``) back to one dict per state, plain Python values."""
-    names = list(cols)
-    return [
-        dict(zip(names, vals, strict=True))
-        for vals in zip(*(cols[k].tolist() for k in names), strict=True)
-    ]
+def state_map(tr: BudgetTracker) -> dict[tuple[str, str], dict[str, Any]]:
+    return {
+        (s.tenant_id, s.budget_id): {
+            "spend_usd": s.spend_usd,
+            "status": s.status,
+            "as_of_ms": s.as_of_ms,
+            "period_start_ms": s.period_start_ms,
+        }
+        for s in tr.states()
+    }
 
 
 def config(data: dict[str, Any]) -> BudgetConfig:
@@ -180,215 +170,158 @@ BASIC = {
 }
 T0 = ms("2026-03-10T12:00:00")
 
+BASIC = {
+    "default": [{"limit_usd": 50, "window": "24h", "soft": [0.5, 0.8]}],
+    "tenants": {"free": [], "acme": [{"limit_usd": 10, "window": "month", "soft": [0.5]}]},
+}
+T0 = ms("2026-03-10T12:00:00")
+HOURLY = {"tenants": {"acme": [{"limit_usd": 1, "window": "1h", "soft": [0.5], "id": "h"}]}}
 
-def test_empty_batch() -> None:
+
+# --------------------------------------------------------------------------- over time
+
+
+def test_empty_batch_and_no_rules() -> None:
     tr = BudgetTracker(config(BASIC))
-    res = run(tr, [])
-    assert res.alerts == [] and res.states == []
-    assert tr.states() == []
+    assert run(tr, []) == [] and tr.take_changes() == {}
+    none = BudgetTracker(config({}))
+    assert run(none, stream([("x", T0, 5.0)])) == [] and none.states() == []
 
 
-def test_one_event_state() -> None:
-    tr = BudgetTracker(config(BASIC))
-    res = run(tr, [("t1", T0, 1.25, "chat", "e1")])
-    assert res.alerts == []
-    assert res.states == [
-        BudgetState(
-            tenant_id="t1",
-            budget_id="24h-50",
-            window="24h",
-            limit_usd=50.0,
-            spend_usd=1.25,
-            remaining_usd=48.75,
-            status="ok",
-            as_of_ms=T0,
-            period_start_ms=T0 - DAY,
-        )
+def test_refused_tenant_returns_to_ok_as_the_clock_moves_without_its_events() -> None:
+    """acme crosses its 1 h hard cap, then sends nothing (the gateway refuses it): its
+    spend leaves the window as the stream clock moves, and the alerts resolve."""
+    tr = BudgetTracker(config(HOURLY))
+    alerts = run(tr, stream([("acme", T0 + i * MIN, 0.2) for i in range(12)]))
+    assert [(a.status, a.severity) for a in alerts] == [
+        ("firing", "warning"),
+        ("firing", "critical"),
     ]
-    assert tr.states() == res.states
-    run(tr, [("acme", T0 + 5, 2.0, "chat", "e2")])
-    (acme,) = [s for s in tr.states() if s.tenant_id == "acme"]
-    assert acme.period_start_ms == ms("2026-03-01T00:00:00")
-    assert (acme.spend_usd, acme.remaining_usd, acme.as_of_ms) == (2.0, 8.0, T0 + 5)
-
-
-def test_exactly_at_threshold_alerts_just_below_does_not() -> None:
-    tr = BudgetTracker(config(BASIC))
-    res = run(tr, [("t1", T0, 24.9999999999, "chat", "e1")])
-    assert res.alerts == [] and res.states[0].status == "ok"
-    res = run(tr, [("t1", T0 + 1, 0.0000000001, "rag", "e2")])
-    (alert,) = res.alerts
-    assert (alert.value, alert.threshold, alert.severity) == (25.0, 25.0, "warning")
-    assert alert.app == "rag" and alert.details["event_id"] == "e2"
-    assert alert.details["status"] == "warn" and res.states[0].status == "warn"
-    res = run(tr, [("t1", T0 + 2, 25.0, "chat", "e3")])
-    assert [a.details["level"] for a in res.alerts] == [0.8, 1.0]
-    assert res.states[0].status == "exceeded" and res.states[0].remaining_usd == 0.0
-
-
-def test_one_event_crossing_several_levels() -> None:
-    tr = BudgetTracker(config(BASIC))
-    res = run(tr, [("t1", T0, 70.0, "chat", "big")])
-    assert [(a.details["level"], a.details["kind"], a.severity) for a in res.alerts] == [
-        (0.5, "soft", "warning"),
-        (0.8, "soft", "warning"),
-        (1.0, "hard", "critical"),
+    changes = tr.take_changes()
+    assert list(changes["status"]) == ["exceeded"] and changes["spend_usd"][0] == 2.4
+    # other tenants' traffic (or the wall clock) moves the clock 30 min on: still over
+    assert tr.advance(T0 + 41 * MIN) == []
+    assert [s.status for s in tr.states()] == ["exceeded"]
+    # 61 min after the 6th call only 6 calls (1.2 USD) remain in the window: still over
+    tr.advance(T0 + 65 * MIN)
+    assert tr.states()[0].spend_usd == pytest.approx(1.2) and tr.states()[0].status == "exceeded"
+    # below 0.95 USD (hard level 1.0 minus 5 % hysteresis): the hard alert resolves
+    resolved = tr.advance(T0 + 67 * MIN)
+    assert [(a.status, a.severity, a.details["reason"]) for a in resolved] == [
+        ("resolved", "critical", "below_level")
     ]
-    assert len({a.alert_id for a in res.alerts}) == 3
-    assert all(a.details["event_id"] == "big" and a.value == 70.0 for a in res.alerts)
-    assert all(a.details["status"] == "exceeded" for a in res.alerts)
-    assert res.alerts[0].window_start == "2026-03-09T12:00:00.000Z"
-    assert res.alerts[0].window_end == "2026-03-10T12:00:00.000Z"
-    # Already fired: more spend in the same window does not alert again.
-    assert run(tr, [("t1", T0 + 1000, 70.0, "chat", "more")]).alerts == []
+    assert resolved[0].alert_id == alerts[1].alert_id
+    state = tr.take_changes()
+    assert list(state["status"]) == ["warn"] and state["as_of_ms"][0] == T0 + 67 * MIN
+    tr.advance(T0 + 2 * HOUR)
+    assert tr.states()[0].status == "ok" and tr.states()[0].spend_usd == 0.0
 
 
-def test_sliding_rearms_after_expiry_and_alerts_again() -> None:
-    cfg = config({"default": [{"limit_usd": 10, "window": "1h"}]})
+def test_spend_hovering_at_the_cap_fires_once_per_episode() -> None:
+    """A tenant whose spend hovers around its cap (one call a minute, each as old as the
+    one leaving the window) gets one firing, not one alert a minute."""
+    tr = BudgetTracker(config(HOURLY))
+    items = [("acme", T0 + i * MIN, 1.0 / 60 + (0.001 if i % 2 else -0.001)) for i in range(300)]
+    alerts = run(tr, stream(items))
+    hard = [a for a in alerts if a.severity == "critical"]
+    assert [a.status for a in hard] == ["firing"]
+    # it stops: one resolution, and a new episode later gets a new id
+    resolved = tr.advance(T0 + 400 * MIN)
+    assert [a.status for a in resolved if a.severity == "critical"] == ["resolved"]
+    again = run(tr, stream([("acme", T0 + 401 * MIN, 1.5)]))
+    new_hard = [a for a in again if a.severity == "critical"]
+    assert new_hard[0].status == "firing" and new_hard[0].alert_id != hard[0].alert_id
+
+
+def test_hysteresis_holds_a_firing_level_until_clearly_below() -> None:
+    cfg = config({"tenants": {"t": [{"limit_usd": 10, "window": "1h", "id": "h"}]}})
+    tr = BudgetTracker(cfg, hysteresis=0.2)  # resolves below 8 USD
+    run(tr, stream([("t", T0, 2.0), ("t", T0 + 10 * MIN, 8.0)]))
+    assert tr.advance(T0 + 61 * MIN) == []  # 8.0 left: not below 8.0
+    assert tr.states()[0].status == "ok"  # the status itself has no hysteresis
+    tr2 = BudgetTracker(cfg, hysteresis=0.2)
+    run(tr2, stream([("t", T0, 2.1), ("t", T0 + 10 * MIN, 7.9)]))
+    assert [a.status for a in tr2.advance(T0 + 61 * MIN)] == ["resolved"]
+
+
+def test_calendar_day_closes_at_its_boundary_and_late_events_count_in_their_day() -> None:
+    """Around midnight UTC: the day's state equals the sum of the day's calls, late ones
+    included; the period end resolves the day's alerts."""
+    cfg = config({"tenants": {"t": [{"limit_usd": 1, "window": "day", "id": "d"}]}})
     tr = BudgetTracker(cfg)
-    first = run(tr, [("t", T0, 10.0, "a", "e1")]).alerts
-    assert len(first) == 1
-    # Still in the window: no new alert however much is added.
-    assert run(tr, [("t", T0 + 30 * MIN, 1.0, "a", "e2")]).alerts == []
-    # The first minute leaves the window: spend 1 < 10, the level re-arms ...
-    res = run(tr, [("t", T0 + 61 * MIN, 0.0, "a", "e3")])
-    assert res.alerts == [] and res.states[0].spend_usd == 1.0
-    assert res.states[0].status == "ok"
-    # ... so crossing again is a new alert, with a different id.
-    second = run(tr, [("t", T0 + 62 * MIN, 9.0, "a", "e4")]).alerts
-    assert len(second) == 1 and second[0].alert_id != first[0].alert_id
-    assert second[0].value == 10.0
-    assert second[0].window_end == "2026-03-10T13:02:00.000Z"
-
-
-def test_sliding_no_rearm_while_spend_stays_above() -> None:
-    tr = BudgetTracker(config({"default": [{"limit_usd": 10, "window": "1h"}]}))
-    assert len(run(tr, [("t", T0, 6.0, "a", "1"), ("t", T0 + 30 * MIN, 6.0, "a", "2")]).alerts)
-    # 6 expires, 6 stays: 6 < 10 re-arms; then +5 -> 11 alerts again.
-    res = run(tr, [("t", T0 + 61 * MIN, 5.0, "a", "3")])
-    assert len(res.alerts) == 1 and res.alerts[0].value == 11.0
-    # Expiry leaving 11 - 0 >= 10 (nothing expired): no re-arm, no alert.
-    assert run(tr, [("t", T0 + 62 * MIN, 1.0, "a", "4")]).alerts == []
-
-
-def test_late_and_out_of_order_events_in_sliding_window() -> None:
-    tr = BudgetTracker(config({"default": [{"limit_usd": 100, "window": "1h"}]}))
-    run(tr, [("t", T0, 1.0, "a", "1"), ("t", T0 + 59 * MIN, 2.0, "a", "2")])
-    # Out of order but inside the window: counted.
-    res = run(tr, [("t", T0 + 10 * MIN, 4.0, "a", "3")])
-    assert res.states[0].spend_usd == 7.0 and res.states[0].as_of_ms == T0 + 59 * MIN
-    # Its bucket already left the window: not counted.
-    res = run(tr, [("t", T0 + 59 * MIN - HOUR, 100.0, "a", "4")])
-    assert res.states[0].spend_usd == 7.0 and res.alerts == []
-    # The watermark moves on: the first bucket (1.0) expires.
-    res = run(tr, [("t", T0 + 60 * MIN, 0.0, "a", "5")])
-    assert res.states[0].spend_usd == 6.0
-
-
-def test_calendar_month_rollover_resets_and_ignores_earlier_period() -> None:
-    tr = BudgetTracker(config({"default": [{"limit_usd": 10, "window": "month", "soft": [0.5]}]}))
-    jan = run(tr, [("t", ms("2024-01-31T23:59:59"), 12.0, "a", "1")])
-    assert len(jan.alerts) == 2
-    assert jan.alerts[0].window_start == "2024-01-01T00:00:00.000Z"
-    assert jan.alerts[0].window_end == "2024-02-01T00:00:00.000Z"
-    feb = run(tr, [("t", ms("2024-02-01T00:00:00"), 6.0, "a", "2")])
-    assert [a.details["level"] for a in feb.alerts] == [0.5]
-    assert feb.alerts[0].alert_id != jan.alerts[0].alert_id
-    assert feb.alerts[0].window_end == "2024-03-01T00:00:00.000Z"  # leap year February
-    assert feb.states[0].spend_usd == 6.0
-    assert feb.states[0].period_start_ms == ms("2024-02-01T00:00:00")
-    late = run(tr, [("t", ms("2024-01-20T00:00:00"), 50.0, "a", "3")])
-    assert late.alerts == [] and late.states[0].spend_usd == 6.0
-
-
-def test_calendar_day_window() -> None:
-    tr = BudgetTracker(config({"default": [{"limit_usd": 1, "window": "day"}]}))
-    a = run(tr, [("t", ms("2026-12-31T23:00:00"), 1.0, "a", "1")]).alerts
-    b = run(tr, [("t", ms("2027-01-01T00:30:00"), 1.0, "a", "2")]).alerts
-    assert len(a) == len(b) == 1
-    assert b[0].window_start == "2027-01-01T00:00:00.000Z"
-    assert b[0].window_end == "2027-01-02T00:00:00.000Z"
-
-
-def test_tenants_default_and_empty_rules() -> None:
-    tr = BudgetTracker(config(BASIC))
-    res = run(tr, [("free", T0, 1000.0, "a", "1"), ("new", T0, 30.0, "a", "2")])
-    assert {s.tenant_id for s in res.states} == {"new"}
-    assert [a.tenant_id for a in res.alerts] == ["new"]
-    assert {s.tenant_id for s in tr.states()} == {"new"}
-
-
-def test_no_rules_at_all() -> None:
-    tr = BudgetTracker(BudgetConfig())
-    res = run(tr, [("t", T0, 5.0, "a", "1")])
-    assert res.alerts == [] and res.states == [] and tr.states() == []
-
-
-def test_alert_ids_identical_across_runs() -> None:
-    rng = random.Random(7)
-    events = [
-        (f"t{rng.randrange(3)}", T0 + rng.randrange(0, 3 * DAY), rng.uniform(0, 20), "a", f"e{i}")
-        for i in range(300)
+    eve = ms("2026-03-10T23:58:00")
+    alerts = run(tr, stream([("t", eve, 0.6), ("t", eve + MIN, 0.3)]))
+    assert alerts == []
+    # midnight passes on the clock: the day ends, the new day starts empty
+    after = run(tr, stream([("t", ms("2026-03-11T00:00:30"), 0.1)]))
+    assert after == []
+    cols = tr.take_changes()
+    rows = {bool(c): (s, p) for c, s, p in zip(cols["current"], cols["spend_usd"],
+                                              cols["period_start_ms"], strict=True)}  # fmt: skip
+    assert rows[True] == (0.1, ms("2026-03-11T00:00:00"))
+    assert rows[False] == (pytest.approx(0.9), ms("2026-03-10T00:00:00"))
+    # a late call of the 10th (sent before midnight, arriving after): counted there, and
+    # the hard level it makes the 10th reach fires and resolves at once (the day is over)
+    late = run(tr, [("t", eve + 90_000, ms("2026-03-11T00:01:00"), 0.2, "a", "late")])
+    assert [(a.status, a.window_start[:10]) for a in late] == [
+        ("firing", "2026-03-10"),
+        ("resolved", "2026-03-10"),
     ]
-    ids = []
-    for _ in range(2):
-        tr = BudgetTracker(config(BASIC))
-        ids.append([a.alert_id for a in run(tr, events).alerts])
-    assert ids[0] and ids[0] == ids[1]
+    prev = tr.take_changes()
+    assert prev["spend_usd"][~prev["current"]][0] == pytest.approx(1.1)
+    # the current day's state is untouched by it
+    assert tr.states()[0].spend_usd == pytest.approx(0.1)
+
+
+def test_calendar_period_end_resolves_firing_levels() -> None:
+    cfg = config({"tenants": {"t": [{"limit_usd": 1, "window": "month", "id": "m"}]}})
+    tr = BudgetTracker(cfg)
+    fired = run(tr, stream([("t", ms("2026-02-27T10:00:00"), 1.5)]))
+    assert [a.status for a in fired] == ["firing"]
+    resolved = tr.advance(ms("2026-03-01T00:00:00"))
+    assert [(a.status, a.details["reason"], a.alert_id) for a in resolved] == [
+        ("resolved", "period_end", fired[0].alert_id)
+    ]
+    assert tr.states()[0].status == "ok" and tr.states()[0].spend_usd == 0.0
+
+
+def test_advance_is_cheap_within_a_minute_and_exact_across_one() -> None:
+    tr = BudgetTracker(config(HOURLY))
+    run(tr, stream([("acme", T0, 0.6)]))
+    tr.take_changes()
+    assert tr.advance(T0 + 60 * MIN - 1) == []  # T0's minute still in (cb - 60, cb]
+    assert tr.states()[0].spend_usd == 0.6
+    assert tr.advance(T0 + 60 * MIN - 1) == []  # same minute: nothing to do
+    tr.advance(T0 + 60 * MIN)
+    assert tr.states()[0].spend_usd == 0.0
 
 
 def test_huge_costs_are_capped_and_sums_do_not_overflow() -> None:
     cfg = config(
-        {
-            "default": [
-                {"limit_usd": 1e8, "window": "month", "id": "m"},
-                {"limit_usd": 1e8, "window": "1h", "id": "h"},
-            ]
-        }
+        {"default": [{"limit_usd": 1e6, "window": "day"}, {"limit_usd": 1e6, "window": "24h"}]}
     )
     tr = BudgetTracker(cfg)
-    res = run(tr, [("t", T0 + i, 1e12, "a", f"e{i}") for i in range(3)])
-    assert [a.details["budget_id"] for a in res.alerts] == ["m", "h"]
-    st = {s.budget_id: s for s in tr.states()}
-    assert st["m"].spend_usd == 3 * 2**62 / 10**10  # three capped events, exact
-    assert st["h"].spend_usd == 2**62 / 10**10  # one bucket, capped
-    assert st["m"].status == st["h"].status == "exceeded"
+    run(tr, stream([("t", T0 + i, 1e300) for i in range(40)]))
+    day, sliding = tr.states()
+    # the day sums 40 capped events in two words; the 24 h window's one minute bucket
+    # saturates at the cap (documented)
+    assert day.spend_usd == pytest.approx(40 * 2**62 / 1e10)
+    assert sliding.spend_usd == pytest.approx(2**62 / 1e10)
+    assert day.status == sliding.status == "exceeded"
 
 
 def test_apply_rejects_bad_input() -> None:
     tr = BudgetTracker(config(BASIC))
-    with pytest.raises(ValueError, match="finite"):
-        run(tr, [("t", T0, -1.0, "a", "1")])
-    with pytest.raises(ValueError, match="finite"):
-        run(tr, [("t", T0, float("nan"), "a", "1")])
-    cols = columns([("t", T0, 1.0, "a", "1")])
+    one = np.array(["t"], object)
     with pytest.raises(ValueError, match="same length"):
-        tr.apply(cols[0], cols[1], np.zeros(2), cols[3], cols[4])
+        tr.apply(one, np.array([T0]), np.array([T0]), np.array([]), one, one)
+    with pytest.raises(ValueError, match="finite"):
+        run(tr, [("t", T0, T0, float("nan"), "a", "e")])
+    with pytest.raises(ValueError, match="clock_ms"):
+        run(tr, [("t", T0, T0 - 1, 1.0, "a", "e")])
 
 
-def test_memory_follows_traffic_not_window_size() -> None:
-    cfg = config(
-        {"default": [{"limit_usd": 50, "window": "24h"}, {"limit_usd": 50, "window": "30d"}]}
-    )
-    tr = BudgetTracker(cfg)
-    n = 20_000
-    names = np.array([f"tenant-{i}" for i in range(n)], dtype=object)
-    ts = T0 + np.arange(n, dtype=np.int64) * 7
-    tr.apply(names, ts, np.full(n, 0.01), names, names)
-    # One bucket per budget: a few pool rows each, nowhere near 1440 per tenant.
-    assert tr.memory_bytes() < 600 * n
-    # A busy tenant over 30 days: buckets expire, regions get reclaimed.
-    tr2 = BudgetTracker(cfg)
-    for day in range(30):
-        k = 1440
-        t = np.array(["busy"] * k, dtype=object)
-        tr2.apply(t, T0 + day * DAY + np.arange(k, dtype=np.int64) * MIN, np.full(k, 0.001), t, t)
-    qcnt = tr2._slots[: tr2._nslots, bm._S_QCNT]
-    assert qcnt.tolist() == [1440, 720]
-    assert tr2._pool.shape[0] < 4 * (2048 + 1024) + 2 * tr2._headroom + bm._MIN_POOL
-
-
-# --------------------------------------------------------------------------- properties
+# --------------------------------------------------------------------------- reference
 
 TENANTS = ["t0", "t1", "t2", "zz-unknown", "ünï\x00côde"]
 BASES = [
@@ -437,105 +370,140 @@ steps = st.one_of(
 )
 backs = st.one_of(st.just(0), st.integers(0, 2 * HOUR), st.sampled_from([2 * DAY, 40 * DAY]))
 
+# an item is an event (tenant, step, back, cost, app) or an idle advance (None, step)
+Item = tuple[str | None, int, int, float, str]
+
 
 @st.composite
-def streams(draw: st.DrawFn) -> list[Event]:
-    cursor = draw(st.sampled_from(BASES))
-    events = []
-    for i in range(draw(st.integers(0, 60))):
-        cursor += draw(steps)
-        events.append(
-            (
-                draw(st.sampled_from(TENANTS)),
-                cursor - draw(backs),
-                draw(costs),
-                draw(st.sampled_from(["chat", "rag"])),
-                f"e{i}",
-            )
-        )
-    return events
+def scripts(draw: st.DrawFn) -> tuple[int, list[Item]]:
+    base = draw(st.sampled_from(BASES))
+    items: list[Item] = []
+    for _ in range(draw(st.integers(0, 60))):
+        if draw(st.integers(0, 9)) == 0:
+            items.append((None, draw(steps), 0, 0.0, ""))
+        else:
+            items.append(
+                (draw(st.sampled_from(TENANTS)), draw(steps), draw(backs), draw(costs),
+                 draw(st.sampled_from(["chat", "rag"])))
+            )  # fmt: skip
+    return base, items
 
 
-def batches(events: list[Event], cuts: list[int]) -> Iterator[list[Event]]:
-    edges = [0, *sorted(c % (len(events) + 1) for c in cuts), len(events)]
-    for a, b in zip(edges, edges[1:], strict=False):
-        yield events[a:b]
-
-
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     cfg=configs(),
-    events=streams(),
+    script=scripts(),
     cuts=st.lists(st.integers(0, 100), max_size=6),
     snap_at=st.integers(-1, 6),
+    hysteresis=st.sampled_from([0.0, 0.05, 0.3]),
 )
 def test_matches_reference_whatever_the_batches(
-    cfg: BudgetConfig, events: list[Event], cuts: list[int], snap_at: int
-) -> None:
-    ref = ReferenceBudgets(cfg)
-    tr = BudgetTracker(cfg)
+    cfg: BudgetConfig, script: tuple[int, list[Item]], cuts: list[int], snap_at: int,
+    hysteresis: float,
+) -> None:  # fmt: skip
+    """Same alerts and states as the reference, whatever the batch cuts, idle advances and
+    snapshot/restore points."""
+    base, items = script
+    ref = ReferenceBudgets(cfg, hysteresis)
+    tr = BudgetTracker(cfg, hysteresis=hysteresis)
+    clock = base
+    cut_set = {c % (len(items) + 1) for c in cuts}
+    batch: list[Event] = []
     got: list[dict[str, Any]] = []
     want: list[dict[str, Any]] = []
-    for k, batch in enumerate(batches(events, cuts)):
+    k = 0
+
+    def flush() -> None:
+        nonlocal tr, k
         if k == snap_at:
             tr = BudgetTracker.restore(cfg, tr.snapshot())
-        res = run(tr, batch)
-        got.extend(comparable(a) for a in res.alerts)
-        for e in batch:
-            want.extend(comparable(a) for a in ref.process(*e))
-        assert got == want
-        touched = {e[0] for e in batch}
-        assert state_map(res.states) == ref.states(touched)
-        assert column_rows(res.state_columns()) == [msgspec.structs.asdict(s) for s in res.states]
-    assert state_map(tr.states()) == ref.states()
-    assert column_rows(tr.state_columns()) == [msgspec.structs.asdict(s) for s in tr.states()]
-    assert len({(a["alert_id"]) for a in got}) == len(got)
+        k += 1
+        got.extend(comparable(a) for a in run(tr, batch))
+        batch.clear()
+
+    for i, (tenant, step, back, cost, app) in enumerate(items):
+        if i in cut_set:
+            flush()
+        clock += step
+        if tenant is None:
+            flush()
+            got.extend(comparable(a) for a in tr.advance(clock))
+            want.extend(comparable(a) for a in ref.advance(clock))
+            continue
+        ts = clock - back
+        batch.append((tenant, ts, clock, cost, app, f"e{i}"))
+        want.extend(comparable(a) for a in ref.apply(tenant, ts, clock, cost, app, f"e{i}"))
+    flush()
+    assert got == want
+    assert state_map(tr) == ref.states()
+    assert tr.late_events == ref.late
+    ids = [(a["alert_id"], a["status"]) for a in got]
+    assert len(set(ids)) == len(ids)
 
 
 @settings(max_examples=60, deadline=None)
-@given(events=streams(), cuts=st.lists(st.integers(0, 100), max_size=4))
-def test_snapshot_round_trip_is_stable(events: list[Event], cuts: list[int]) -> None:
-    cfg = config(BASIC | {"default": [*BASIC["default"], {"limit_usd": 3, "window": "7d"}]})
+@given(
+    st.lists(st.tuples(st.integers(0, 90 * MIN), st.integers(0, 70 * MIN), costs), max_size=200),
+    st.lists(st.integers(0, 200), max_size=3),
+)
+def test_dense_out_of_order_sliding_matches_reference(
+    moves: list[tuple[int, int, float]], cuts: list[int]
+) -> None:
+    """Many buckets per queue, most events late: exercises insertion, growth and expiry."""
+    cfg = config(
+        {"default": [{"limit_usd": 2, "window": "1h", "soft": [0.25, 0.5]},
+                     {"limit_usd": 9, "window": "24h"}]}
+    )  # fmt: skip
+    cursor = T0
+    items = []
+    for step, back, cost in moves:
+        cursor += step // 20  # mostly small steps, so windows hold many buckets
+        items.append(("t", cursor - back, cost))
+    events = stream(items)
+    ref = ReferenceBudgets(cfg)
     tr = BudgetTracker(cfg)
-    for batch in batches(events, cuts):
-        run(tr, batch)
-        snap = tr.snapshot()
-        again = BudgetTracker.restore(cfg, snap)
-        assert again.snapshot() == snap
-        assert again.states() == tr.states()
+    edges = [0, *sorted(c % (len(events) + 1) for c in cuts), len(events)]
+    got = []
+    for a, b in zip(edges, edges[1:], strict=False):
+        got.extend(comparable(x) for x in run(tr, events[a:b]))
+    want = [comparable(x) for e in events for x in ref.apply(*e)]
+    assert got == want
+    assert state_map(tr) == ref.states()
 
 
 # --------------------------------------------------------------------------- restore
 
 
+def test_snapshot_round_trip_is_stable() -> None:
+    cfg = config(BASIC | {"default": [*BASIC["default"], {"limit_usd": 3, "window": "7d"}]})
+    tr = BudgetTracker(cfg)
+    rng = random.Random(2)
+    for j in range(5):
+        run(tr, stream([(f"t{rng.randrange(5)}", T0 + j * HOUR + i * MIN, 0.5) for i in range(30)]))
+        snap = tr.snapshot()
+        again = BudgetTracker.restore(cfg, snap)
+        assert again.snapshot() == snap and again.states() == tr.states()
+
+
 def test_restore_with_edited_config() -> None:
     old = config(
-        {
-            "default": [
-                {"limit_usd": 10, "window": "24h", "id": "a", "soft": [0.5]},
-                {"limit_usd": 10, "window": "month", "id": "b"},
-                {"limit_usd": 10, "window": "1h", "id": "gone"},
-            ]
-        }
-    )
+        {"default": [{"limit_usd": 10, "window": "24h", "id": "a", "soft": [0.5]},
+                     {"limit_usd": 10, "window": "month", "id": "b"},
+                     {"limit_usd": 10, "window": "1h", "id": "gone"}]}
+    )  # fmt: skip
     tr = BudgetTracker(old)
-    assert len(run(tr, [("t", T0, 6.0, "x", "1")]).alerts) == 1  # "a" at 0.5
+    assert len(run(tr, stream([("t", T0, 6.0)]))) == 1  # "a" at 0.5
     new = config(
-        {
-            "default": [
-                {"limit_usd": 10, "window": "24h", "id": "a", "soft": [0.2, 0.5]},
-                {"limit_usd": 10, "window": "day", "id": "b"},
-                {"limit_usd": 10, "window": "7d", "id": "fresh"},
-            ]
-        }
-    )
+        {"default": [{"limit_usd": 10, "window": "24h", "id": "a", "soft": [0.2, 0.5]},
+                     {"limit_usd": 10, "window": "day", "id": "b"},
+                     {"limit_usd": 10, "window": "7d", "id": "fresh"}]}
+    )  # fmt: skip
     tr2 = BudgetTracker.restore(new, tr.snapshot())
-    # "a" kept its spend; its new 0.2 level counts as already reached (no alert for old spend).
+    # "a" kept its spend; its new 0.2 level counts as already reached (no alert for old spend)
     assert [(s.budget_id, s.spend_usd) for s in tr2.states()] == [("a", 6.0)]
-    res = run(tr2, [("t", T0 + 1, 4.0, "x", "2")])
-    assert [(a.details["budget_id"], a.details["level"]) for a in res.alerts] == [("a", 1.0)]
-    st = {s.budget_id: s.spend_usd for s in res.states}
-    assert st == {"a": 10.0, "b": 4.0, "fresh": 4.0}
+    alerts = run(tr2, [("t", T0 + 1, T0 + 1, 4.0, "x", "2")])
+    assert [(a.details["budget_id"], a.details["level"]) for a in alerts] == [("a", 1.0)]
+    assert {s.budget_id: s.spend_usd for s in tr2.states()} == {"a": 10.0, "b": 4.0, "fresh": 4.0}
 
 
 def test_restore_rejects_garbage() -> None:
@@ -557,60 +525,51 @@ def test_month_bounds_match_datetime() -> None:
         ms("2000-02-29T12:00"),
     ]
     for ts in [*samples.tolist(), *edges]:
-        idx = month_index(ts)
-        want = (month_start_ms(idx), month_start_ms(idx + 1))
-        assert bm._month_bounds(ts) == want, ts
-        assert bm._month_bounds.py_func(ts) == want, ts
+        want = period_of("month", ts)
+        assert kern.month_bounds(ts) == want, ts
+        assert kern.month_bounds.py_func(ts) == want, ts
 
 
 def _dispatchers() -> dict[str, Any]:
-    return {k: v for k, v in vars(bm).items() if hasattr(v, "py_func") and k.startswith("_")}
+    return {k: v for k, v in vars(kern).items() if hasattr(v, "py_func")}
 
 
 def test_every_kernel_is_covered_by_the_pure_python_run() -> None:
     assert set(_dispatchers()) == {
-        "_month_bounds",
-        "_queue_cap_for",
-        "_repack",
-        "_reserve",
-        "_bucket_add",
-        "_apply_kernel",
-        "_gather_buckets",
-        "_scatter_buckets",
-    }
+        "month_bounds", "_period", "queue_cap_for", "repack", "_reserve", "_bucket_add",
+        "_emit", "_bring_up", "_init", "_add", "apply_events", "advance_all",
+        "gather_buckets", "scatter_buckets",
+    }  # fmt: skip
 
 
 def test_kernels_pure_python_match_compiled(monkeypatch: pytest.MonkeyPatch) -> None:
     """Same results with every kernel run as plain Python (as without numba's JIT)."""
     cfg = config(
-        {
-            "default": [
-                {"limit_usd": 2, "window": "1h", "soft": [0.5]},
-                {"limit_usd": 5, "window": "month", "soft": [0.8]},
-            ],
-            "tenants": {"t1": [{"limit_usd": 3, "window": "24h", "hard": 1.2, "soft": [0.1]}]},
-        }
-    )
+        {"default": [{"limit_usd": 2, "window": "1h", "soft": [0.5]},
+                     {"limit_usd": 5, "window": "month", "soft": [0.8]}],
+         "tenants": {"t1": [{"limit_usd": 3, "window": "24h", "hard": 1.2, "soft": [0.1]}]}}
+    )  # fmt: skip
     rng = random.Random(11)
     cursor = ms("2024-01-31T20:00:00")
-    events = []
-    for i in range(400):
+    items = []
+    for _ in range(300):
         cursor += rng.choice([0, MIN, 7 * MIN, HOUR])
         late = rng.choice([0, 0, 0, 5 * MIN, 2 * HOUR])
-        cost = rng.choice([0.0, 0.05, 0.3, 1e12])
-        events.append((f"t{rng.randrange(4)}", cursor - late, cost, "a", f"e{i}"))
+        items.append((f"t{rng.randrange(4)}", cursor - late, rng.choice([0.0, 0.05, 0.3, 1e12])))
+    events = stream(items)
 
-    def go() -> tuple[list[dict[str, Any]], list[BudgetState], bytes]:
+    def go() -> tuple[list[dict[str, Any]], Any, bytes]:
         tr = BudgetTracker(cfg)
         out: list[dict[str, Any]] = []
-        for batch in batches(events, [50, 51, 200, 333]):
-            out.extend(comparable(a) for a in run(tr, batch).alerts)
+        for a, b in ((0, 50), (50, 51), (51, 200), (200, 300)):
+            out.extend(comparable(x) for x in run(tr, events[a:b]))
+            out.extend(comparable(x) for x in tr.advance(events[b - 1][2] + 2 * HOUR))
         tr = BudgetTracker.restore(cfg, tr.snapshot())
         return out, tr.states(), tr.snapshot()
 
     compiled = go()
     for name, disp in _dispatchers().items():
-        monkeypatch.setattr(bm, name, disp.py_func)
+        monkeypatch.setattr(kern, name, disp.py_func)
     plain = go()
     assert compiled[0] and plain == compiled
 
@@ -622,68 +581,27 @@ def test_repack_keeps_queues_and_reclaims_space() -> None:
         n = 5000
         t = np.array([f"t{i}" for i in rng.integers(0, 50, n)], dtype=object)
         ts = T0 + rng.integers(0, DAY, n)
-        tr.apply(t, ts, rng.uniform(0, 1, n), t, t)
-    before = bm._gather_buckets(tr._slots, tr._nslots, tr._pool)
+        tr.apply(t, ts, np.full(n, T0 + DAY), rng.uniform(0, 1, n), t, t)
+    before = kern.gather_buckets(tr._slots, tr._nslots, tr._pool)
     spend = [s.spend_usd for s in tr.states()]
-    for repack in (bm._repack, bm._repack.py_func):
+    for repack in (kern.repack, kern.repack.py_func):
         tr._pool = repack(tr._slots, tr._pool, tr._meta, tr._headroom)
-        assert np.array_equal(bm._gather_buckets(tr._slots, tr._nslots, tr._pool), before)
-        assert tr._meta[bm._META_USED] <= tr._pool.shape[0] - tr._headroom
+        assert np.array_equal(kern.gather_buckets(tr._slots, tr._nslots, tr._pool), before)
+        assert tr._meta[META_USED] <= tr._pool.shape[0] - tr._headroom
     assert [s.spend_usd for s in tr.states()] == spend
-    caps = tr._slots[: tr._nslots, bm._S_QCAP]
-    cnts = tr._slots[: tr._nslots, bm._S_QCNT]
-    assert np.all((caps > cnts) | (cnts == 0)) and np.all(caps <= 2 * cnts + 2)
+    live = tr._slots[: tr._nslots]
+    assert np.all((live["q_cap"] > live["q_cnt"]) | (live["q_cnt"] == 0))
+    assert np.all(live["q_cap"] <= 2 * live["q_cnt"] + 2)
 
 
-@settings(max_examples=60, deadline=None)
-@given(
-    st.lists(st.tuples(st.integers(0, 90 * MIN), st.integers(0, 70 * MIN), costs), max_size=200),
-    st.lists(st.integers(0, 200), max_size=3),
-)
-def test_dense_out_of_order_sliding_matches_reference(
-    moves: list[tuple[int, int, float]], cuts: list[int]
-) -> None:
-    """Many buckets per queue, most events late: exercises insertion, growth and expiry."""
+def test_memory_follows_traffic_not_window_size() -> None:
     cfg = config(
-        {
-            "default": [
-                {"limit_usd": 2, "window": "1h", "soft": [0.25, 0.5]},
-                {"limit_usd": 9, "window": "24h"},
-            ]
-        }
+        {"default": [{"limit_usd": 1, "window": "24h"}, {"limit_usd": 1, "window": "30d"}]}
     )
-    cursor = T0
-    events = []
-    for i, (step, back, cost) in enumerate(moves):
-        cursor += step // 20  # mostly small steps, so windows hold many buckets
-        events.append(("t", cursor - back, cost, "a", f"e{i}"))
-    ref = ReferenceBudgets(cfg)
     tr = BudgetTracker(cfg)
-    got, want = [], []
-    for batch in batches(events, cuts):
-        got.extend(comparable(a) for a in run(tr, batch).alerts)
-        for e in batch:
-            want.extend(comparable(a) for a in ref.process(*e))
-    assert got == want
-    assert state_map(tr.states()) == ref.states()
-
-
-@pytest.mark.parametrize("pure", [False, True])
-def test_bucket_queue_stays_sorted_and_exact(pure: bool) -> None:
-    add = bm._bucket_add.py_func if pure else bm._bucket_add
-    tr = BudgetTracker(config({"default": [{"limit_usd": 1, "window": "24h"}]}))
-    run(tr, [("t", 0, 0.0, "a", "e")])  # one slot, empty queue
-    rng = random.Random(4)
-    want: dict[int, int] = {}
-    for _ in range(3000):
-        b = rng.randrange(0, 1500)
-        a = rng.choice([1, 5, 2**61, 2**62])
-        grew = add(0, b, a, tr._slots, tr._pool, tr._meta)
-        new = min(want.get(b, 0) + a, 2**62)
-        assert grew == new - want.get(b, 0)
-        want[b] = new
-        if tr._pool.shape[0] - tr._meta[bm._META_USED] < tr._headroom:
-            tr._pool = bm._repack(tr._slots, tr._pool, tr._meta, tr._headroom)
-    got = bm._gather_buckets(tr._slots, tr._nslots, tr._pool)
-    assert got.tolist() == [[b, v] for b, v in sorted(want.items())]
-    assert tr._slots[0, bm._S_QFIRST] == min(want) and tr._slots[0, bm._S_QLAST] == max(want)
+    n = 20_000
+    tenants = np.array([f"t{i}" for i in range(n)], dtype=object)
+    tr.apply(tenants, np.full(n, T0), np.full(n, T0), np.full(n, 0.01), tenants, tenants)
+    # a 184 B record, episodes and one bucket per budget (tables grow by doubling): far
+    # from 20,000 x (1440 + 720) buckets of 16 B
+    assert tr.memory_bytes() < 2 * 2 * (184 + 16 + 2 * 8 + 16) * n
