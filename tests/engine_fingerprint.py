@@ -67,8 +67,12 @@ def fingerprint() -> dict[str, np.ndarray]:
                 if arr.dtype == object:
                     arr = arr.astype(str)
                 out.setdefault(f"{table}.{name}", []).append(arr)
-        out.setdefault("alerts", []).append(np.array([a.alert_id for a in res.alerts], str))
-    out.setdefault("alerts", []).append(np.array([a.alert_id for a in engine.finish()], str))
+        out.setdefault("alerts", []).append(
+            np.array([a.alert_id + a.status for a in res.alerts], str)
+        )
+    out.setdefault("alerts", []).append(
+        np.array([a.alert_id + a.status for a in engine.finish().alerts], str)
+    )
     return {k: np.concatenate(v) for k, v in out.items()}
 
 

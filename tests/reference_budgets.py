@@ -275,10 +275,8 @@ class ReferenceBudgets:
         out = {}
         for slots in self.slots.values():
             for s in slots:
-                if s.sliding:
-                    start = s.clock - SLIDING[s.rule.window][2]
-                else:
-                    start = s.period[0]
+                window = SLIDING[s.rule.window][2] if s.sliding else 0
+                start = s.clock - window if s.sliding else s.period[0]
                 out[(s.tenant, s.rule.budget_id)] = {
                     "spend_usd": s.spend / 10**10,
                     "status": self._status(s, s.spend),

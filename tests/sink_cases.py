@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from llmops_stream.stream.clickhouse.sink import ClickHouseSink, latest_states
+from llmops_stream.stream.core.budget_state import concat_states
 from llmops_stream.stream.core.budgets import BudgetConfig
 from llmops_stream.stream.core.engine import BatchOutput, Engine, EngineConfig
 from llmops_stream.stream.core.evalset import load_eval_sets
@@ -163,6 +164,7 @@ def expected(outs: list[BatchOutput]) -> dict[str, Counter[tuple[Any, ...]]]:
     tables["llm_alerts"] = Counter(
         (
             a.alert_id,
+            a.status,
             a.type,
             a.severity,
             a.tenant_id,
@@ -176,9 +178,7 @@ def expected(outs: list[BatchOutput]) -> dict[str, Counter[tuple[Any, ...]]]:
         )
         for a in alerts
     )
-    states = latest_states(
-        {k: np.concatenate([o.budget_states[k] for o in outs]) for k in outs[0].budget_states}
-    )
+    states = latest_states(concat_states([o.budget_states for o in outs]))
     tables["llm_budget_state"] = _rows(
         {
             k: states[k].tolist()
@@ -221,7 +221,7 @@ def stored(client: Any, db: str, outs: list[BatchOutput]) -> dict[str, Counter[t
         rows = client.query(f"SELECT {cols} FROM {db}.{table}{final}").result_rows  # noqa: S608
         tables[table] = Counter(tuple(norm(v) for v in row) for row in rows)
     rows = client.query(
-        "SELECT alert_id, type, severity, tenant_id, app, metric, value, threshold, "  # noqa: S608
+        "SELECT alert_id, status, type, severity, tenant_id, app, metric, value, threshold, "  # noqa: S608
         "toUnixTimestamp64Milli(window_start), toUnixTimestamp64Milli(window_end), "
         f"toUnixTimestamp64Milli(emitted_at) FROM {db}.llm_alerts FINAL"
     ).result_rows

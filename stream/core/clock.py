@@ -47,7 +47,7 @@ class StreamClock:
         self.max_future_skew_ms = int(max_future_skew_ms)
         self.idle_ms = int(idle_ms)
         self.value = NO_TIME
-        self._progress_wall = int(wall())  # wall time of the last advance
+        self._progress_wall = int(wall())  # wall time of the last advance by an event
 
     def future_mask(self, ts_ms: np.ndarray) -> np.ndarray:
         """bool[n]: events too far ahead of the wall clock (to be rejected)."""
@@ -77,9 +77,11 @@ class StreamClock:
     def tick(self) -> bool:
         """Follow the wall clock if idle for ``idle_ms``; True when the clock moved."""
         now = int(self.wall())
+        # idle counts from the last advance by an event, so once idle the clock keeps up
+        # with the wall at every tick (a tenant released at its window's end is released
+        # within one tick, not one idle period, later)
         if self.value != NO_TIME and now - self._progress_wall >= self.idle_ms and now > self.value:
             self.value = now
-            self._progress_wall = now
             return True
         return False
 

@@ -4,10 +4,11 @@
 across processes, then a bijective mixer so every bit is well spread). An id is remembered
 from its first occurrence at stream-clock time ``c`` until the clock reaches the end of the
 *generation* holding ``c`` plus the horizon: generations are fixed slices of clock time of
-width ``ceil(horizon / 16)`` (epoch aligned). An id is thus remembered for at least one
-horizon and at most one horizon plus one generation (6.25 %) of *clock* time, whatever its
-own ``ts`` says. A repeat arriving while its id is remembered is a duplicate and changes
-nothing (first occurrence wins, also within one batch); once forgotten, it counts as new.
+width ``ceil(horizon / 16)`` (epoch aligned; 16 = ``GENERATIONS``). An id is thus remembered
+for at least one horizon and at most one horizon plus one generation (+6.25 %) of *clock*
+time, whatever its own ``ts`` says. A repeat arriving while its id is remembered is a
+duplicate and changes nothing (first occurrence wins, also within one batch); once
+forgotten, it counts as new.
 
 **Layout.** 256 shards (the top 8 bits of the hash) of open-addressing tables with linear
 probing, one ``uint64`` per slot. Because the shard already fixes the top 8 bits of a key,
@@ -24,8 +25,8 @@ grows), and compacts at 80 % (live + dead), so a slot costs 8 / 0.6 = 13.3 bytes
 id in steady state (10--16 bytes while growing); ``bench/soak.py`` measures ~13.5 B.
 
 **Collision risk.** Keys are compared on all 64 bits, so a new id is taken for a duplicate
-(and lost) with probability ``live_ids / 2**64`` per lookup: 3.3e-13 at 6M live ids, i.e.
-about one lost event in 3e12 events.
+(and lost) with probability ``live_ids / 2**64`` per lookup: 3.3e-13 at 6M live ids (one
+lost event in ~3e12), 2e-11 at 360M (1 h at 100,000 events/s: one in ~5e10).
 
 **Checkpoints hold no ids.** :meth:`Deduper.snapshot` writes the horizon, the clock and,
 per live generation, its index (which fixes its clock range), the source offset of its
@@ -33,14 +34,14 @@ first id and its id count: a few hundred bytes whatever the number of live ids. 
 :meth:`Deduper.restore` the set is empty; the ids of the source offsets
 :meth:`Deduper.rebuild_range` are read back from the sink (they are exactly the inserted
 ids) and given to :meth:`Deduper.rebuild`, which puts each id into the generation its
-offset falls in. The result then behaves exactly as the uninterrupted set.
+offset falls in. The result then behaves exactly as the uninterrupted set, and snapshots
+equal bytes when the states are equal (a CRC guards against corrupted input).
 """
 
 from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -72,15 +73,14 @@ _CLOCK_LIMIT = 1 << 62  # keeps (generation + 1) * width + horizon inside int64
 _MAGIC = b"LSDEDUP1"
 _HEAD = struct.Struct("<8sqqqqq")  # magic, horizon, generations, clock, end offset, n gens
 _CRC = struct.Struct("<I")
+Arr = np.ndarray
 
 
 # --------------------------------------------------------------------------- kernels
 
 
 @njit
-def _fnv1a_pairs(
-    buf_a: np.ndarray, off_a: np.ndarray, buf_b: np.ndarray, off_b: np.ndarray
-) -> np.ndarray:  # pragma: no cover - jit
+def _fnv1a_pairs(buf_a: Arr, off_a: Arr, buf_b: Arr, off_b: Arr) -> Arr:  # pragma: no cover - jit
     """FNV-1a 64 of ``a[i] + b"\x1f" + b[i]`` for every i; 0 is remapped to 1."""
     n = off_a.shape[0] - 1
     out = np.empty(n, dtype=np.uint64)
@@ -96,36 +96,19 @@ def _fnv1a_pairs(
 
 
 @njit
-def _mix(h: np.ndarray) -> np.ndarray:  # pragma: no cover - jit
-    """Bijective 64-bit finalizer (no two hashes meet): FNV's top bits are poorly mixed."""
-    out = np.empty_like(h)
-    for i in range(h.shape[0]):
-        x = h[i]
-        x ^= x >> _S33
-        x *= _M1
-        x ^= x >> _S33
-        x *= _M2
-        x ^= x >> _S33
-        out[i] = x
-    return out
-
-
-@njit
 def _home(word: Any, cap: int) -> int:  # pragma: no cover - jit
     """First slot of a key in a table of ``cap`` slots (multiply-shift on its low 32 bits)."""
     return int((np.int64(word & _LO32) * cap) >> 32)
 
 
 @njit
-def _compact(
-    tab: np.ndarray, clock: int, expire_at: np.ndarray, tag_count: np.ndarray
-) -> tuple[np.ndarray, int]:  # pragma: no cover - jit
-    """A new table with the slots of ``tab`` live at ``clock``; dead ones leave the counts."""
+def _compact(tab: Arr, clock: int, exp: Arr, cnt: Arr) -> tuple[Arr, int]:  # pragma: no cover
+    """A new table with the slots of ``tab`` live at ``clock``; dead ones leave ``cnt``."""
     cap = tab.shape[0]
     live = 0
     for j in range(cap):
         w = tab[j]
-        if w != 0 and clock < expire_at[np.int64(w >> _SHIFT)]:
+        if w != 0 and clock < exp[np.int64(w >> _SHIFT)]:
             live += 1
     # Mostly live: the shard is growing, leave room (50 % load) so it does not rehash soon.
     # Mostly dead: the shard holds a steady population, 60 % load keeps it compact.
@@ -137,7 +120,7 @@ def _compact(
         if w == 0:
             continue
         t = np.int64(w >> _SHIFT)
-        if clock < expire_at[t]:
+        if clock < exp[t]:
             k = _home(w, new_cap)
             while out[k] != 0:
                 k += 1
@@ -145,35 +128,29 @@ def _compact(
                     k = 0
             out[k] = w
         else:
-            tag_count[t] -= 1
+            cnt[t] -= 1
     return out, live
 
 
 @njit
 def _check(  # noqa: PLR0917 - numba kernels take plain positional arrays
-    tables: Any,
-    used: np.ndarray,
-    caps: np.ndarray,
-    keys: np.ndarray,
-    clocks: np.ndarray,
-    tags: np.ndarray,
-    expire_at: np.ndarray,
-    tag_count: np.ndarray,
-    dup: np.ndarray,
+    tabs: Any, used: Arr, caps: Arr, exp: Arr, cnt: Arr, keys: Arr, clocks: Arr, tags: Arr, dup: Arr
 ) -> None:  # pragma: no cover - jit
     """Look up and insert ``keys`` in order; ``dup[i]`` set for repeats of a live key.
 
-    A key is live while ``clocks[i] < expire_at[tag]``. A new key goes to the first dead
-    slot on its probe path (or the empty slot ending it), with tag ``tags[i]``.
+    State: ``tabs`` the shards' tables, ``used`` their non-empty slots, ``caps`` their
+    sizes; per tag ``exp`` its expiry clock and ``cnt`` the slots holding it. A key is live
+    while ``clocks[i] < exp[tag]``. A new key goes to the first dead slot on its probe path
+    (or the empty slot ending it), with tag ``tags[i]``.
     """
     for i in range(keys.shape[0]):
         key = keys[i]
         c = clocks[i]
         s = np.int64(key >> _SHIFT)
-        tab = tables[s]
+        tab = tabs[s]
         if (used[s] + 1) * 5 > tab.shape[0] * 4:  # keep load <= 80 %: probes stay short
-            tab, live = _compact(tab, c, expire_at, tag_count)
-            tables[s] = tab
+            tab, live = _compact(tab, c, exp, cnt)
+            tabs[s] = tab
             used[s] = live
             caps[s] = tab.shape[0]
         cap = tab.shape[0]
@@ -182,7 +159,7 @@ def _check(  # noqa: PLR0917 - numba kernels take plain positional arrays
         free = -1
         w = tab[j]
         while w != 0 and (w & _LOW) != low:
-            if free < 0 and c >= expire_at[np.int64(w >> _SHIFT)]:
+            if free < 0 and c >= exp[np.int64(w >> _SHIFT)]:
                 free = j
             j += 1
             if j == cap:
@@ -191,55 +168,38 @@ def _check(  # noqa: PLR0917 - numba kernels take plain positional arrays
         word = (np.uint64(tags[i]) << _SHIFT) | low
         if w != 0:
             t = np.int64(w >> _SHIFT)
-            if c <= expire_at[t]:
+            if c < exp[t]:
                 dup[i] = True
                 continue
-            tag_count[t] -= 1  # the key was forgotten: it counts again, in its new generation
+            cnt[t] -= 1  # the key was forgotten: it counts again, in its new generation
             tab[j] = word
         elif free >= 0:
-            tag_count[np.int64(tab[free] >> _SHIFT)] -= 1
+            cnt[np.int64(tab[free] >> _SHIFT)] -= 1
             tab[free] = word
         else:
             tab[j] = word
             used[s] += 1
-        tag_count[tags[i]] += 1
+        cnt[tags[i]] += 1
 
 
 @njit
 def _sweep(  # noqa: PLR0917 - numba kernels take plain positional arrays
-    tables: Any,
-    used: np.ndarray,
-    caps: np.ndarray,
-    first: int,
-    count: int,
-    clock: int,
-    expire_at: np.ndarray,
-    tag_count: np.ndarray,
+    tabs: Any, used: Arr, caps: Arr, exp: Arr, cnt: Arr, first: int, count: int, clock: int
 ) -> None:  # pragma: no cover - jit
     """Compact ``count`` shards from ``first`` on (cyclically) at ``clock``."""
     n = used.shape[0]
     for k in range(count):
         s = (first + k) % n
-        tab, live = _compact(tables[s], clock, expire_at, tag_count)
-        tables[s] = tab
+        tab, live = _compact(tabs[s], clock, exp, cnt)
+        tabs[s] = tab
         used[s] = live
         caps[s] = tab.shape[0]
-
-
-@njit
-def _reset(tables: Any, used: np.ndarray, caps: np.ndarray) -> None:  # pragma: no cover - jit
-    """Every shard back to an empty minimal table (all its ids have expired)."""
-    for s in range(used.shape[0]):
-        if caps[s] != _MIN_CAP or used[s] != 0:
-            tables[s] = np.zeros(_MIN_CAP, np.uint64)
-        used[s] = 0
-        caps[s] = _MIN_CAP
 
 
 # --------------------------------------------------------------------------- keys
 
 
-def stable_hashes(tenant_ids: np.ndarray, event_ids: np.ndarray) -> np.ndarray:
+def stable_hashes(tenant_ids: Arr, event_ids: Arr) -> Arr:
     """uint64[n] FNV-1a of ``tenant_id + "\x1f" + event_id`` (UTF-8) for each event."""
     if len(tenant_ids) != len(event_ids):
         raise ValueError("tenant_ids and event_ids differ in length")
@@ -248,16 +208,31 @@ def stable_hashes(tenant_ids: np.ndarray, event_ids: np.ndarray) -> np.ndarray:
     return _fnv1a_pairs(buf_a, off_a, buf_b, off_b)
 
 
-def dedup_keys(tenant_ids: np.ndarray, event_ids: np.ndarray) -> np.ndarray:
-    """uint64[n] keys the set stores: :func:`stable_hashes` through a bijective mixer."""
-    return _mix(stable_hashes(tenant_ids, event_ids))
+def dedup_keys(tenant_ids: Arr, event_ids: Arr) -> Arr:
+    """uint64[n] keys the set stores: :func:`stable_hashes` through a bijective finalizer
+    (murmur3's fmix64: no two hashes meet, and the bits used for shards and slots are
+    well mixed, which FNV's are not). Array arithmetic wraps around without warnings."""
+    x = stable_hashes(tenant_ids, event_ids)
+    x ^= x >> _S33
+    x *= _M1
+    x ^= x >> _S33
+    x *= _M2
+    x ^= x >> _S33
+    return x
 
 
-def _int64(values: Any, n: int, name: str) -> np.ndarray:
+def _int64(values: Any, n: int, name: str) -> Arr:
     arr = np.asarray(values)
     if arr.shape != (n,) or (n and arr.dtype.kind not in "iu"):
         raise ValueError(f"{name} must be an integer array of length {n}")
     return arr.astype(np.int64, copy=False)
+
+
+def _keys_and_offsets(tenant_ids: Arr, event_ids: Arr, offsets: Arr) -> tuple[Arr, Arr]:
+    if len(tenant_ids) != len(event_ids):
+        raise ValueError("tenant_ids and event_ids differ in length")
+    keys = dedup_keys(tenant_ids, event_ids) if len(event_ids) else np.zeros(0, np.uint64)
+    return keys, _int64(offsets, len(keys), "offsets")
 
 
 def _new_tables() -> Any:
@@ -276,7 +251,7 @@ class Deduper:
 
     def __init__(self, horizon_ms: int = 3_600_000, *, generations: int = GENERATIONS) -> None:
         if int(horizon_ms) < 1 or int(horizon_ms) > _CLOCK_LIMIT:
-            raise ValueError("horizon_ms must be >= 1")
+            raise ValueError("horizon_ms must be in 1..2**62")
         if not 1 <= int(generations) <= MAX_GENERATIONS:
             raise ValueError(f"generations must be in 1..{MAX_GENERATIONS}")
         self.horizon_ms = int(horizon_ms)
@@ -325,26 +300,16 @@ class Deduper:
 
     # ------------------------------------------------------------------ updates
 
-    def check(
-        self,
-        tenant_ids: np.ndarray,
-        event_ids: np.ndarray,
-        clock_ms: np.ndarray,
-        offsets: np.ndarray,
-    ) -> np.ndarray:
+    def check(self, tenant_ids: Arr, event_ids: Arr, clock_ms: Arr, offsets: Arr) -> Arr:
         """Duplicate mask (bool[n]) of events in stream order; remembers the new ids.
 
-        ``clock_ms``: int64[n] stream clock right after each event (a value below the set's
-        clock is taken as its clock: the clock never goes back); ``offsets``: int64[n]
-        source offsets, never decreasing (ValueError otherwise).
+        ``tenant_ids``/``event_ids``: object[n] of str; ``clock_ms``: int64[n] stream clock
+        right after each event (a value below the set's clock is taken as its clock: the
+        clock never goes back); ``offsets``: int64[n] source offsets, never decreasing
+        (ValueError otherwise). Also forgets what expires by ``clock_ms[-1]``.
         """
-        n = len(tenant_ids)
-        if len(event_ids) != n:
-            raise ValueError("tenant_ids and event_ids differ in length")
-        clock = _int64(clock_ms, n, "clock_ms")
-        offs = _int64(offsets, n, "offsets")
-        keys = dedup_keys(tenant_ids, event_ids) if n else np.zeros(0, np.uint64)
-        return self._check_keys(keys, clock, offs)
+        keys, offs = _keys_and_offsets(tenant_ids, event_ids, offsets)
+        return self._check_keys(keys, _int64(clock_ms, len(keys), "clock_ms"), offs)
 
     def expire(self, clock_ms: int) -> None:
         """Forget the ids whose generation end + horizon <= ``clock_ms`` (clock moves on)."""
@@ -356,7 +321,7 @@ class Deduper:
             self._clock = clock
             self._expire(clock)
 
-    def _check_keys(self, keys: np.ndarray, clock: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    def _check_keys(self, keys: Arr, clock: Arr, offsets: Arr) -> Arr:
         """:meth:`check` on keys from :func:`dedup_keys` (or any well-mixed uint64)."""
         n = keys.shape[0]
         dup = np.zeros(n, np.bool_)
@@ -377,23 +342,18 @@ class Deduper:
         bounds = [0, *(np.flatnonzero(gens[1:] != gens[:-1]) + 1).tolist(), n]
         run = 0
         while run < len(bounds) - 1:  # usually once: a batch spans one or two generations
-            run = self._check_runs(keys, clock, offsets, gens, bounds, run, dup)
+            run = self._check_runs((keys, clock, offsets, gens, dup), bounds, run)
         self._clock = int(clock[-1])
         self._last_offset = int(offsets[-1])
         self._expire(self._clock)
         return dup
 
-    def _check_runs(  # noqa: PLR0917 - the batch's columns, its runs and the output
-        self,
-        keys: np.ndarray,
-        clock: np.ndarray,
-        offsets: np.ndarray,
-        gens: np.ndarray,
-        bounds: list[int],
-        run: int,
-        dup: np.ndarray,
-    ) -> int:
-        """Check the runs (one generation each) from ``run`` on, as far as free tags allow."""
+    def _check_runs(self, cols: tuple[Arr, Arr, Arr, Arr, Arr], bounds: list[int], run: int) -> int:
+        """Check the runs (one generation each) from ``run`` on, as far as free tags allow.
+
+        ``cols``: the batch's keys, clocks, offsets and generations, then its output mask.
+        """
+        keys, clock, offsets, gens, dup = cols
         a = bounds[run]
         self._expire(int(clock[a]))
         free = self._free_tags()
@@ -417,17 +377,7 @@ class Deduper:
             end += 1
         b = bounds[end]
         tags = np.repeat(np.array(run_tags, np.int64), np.diff(bounds[run : end + 1]))
-        _check(
-            self._tables,
-            self._used,
-            self._caps,
-            keys[a:b],
-            clock[a:b],
-            tags,
-            self._expire_at,
-            self._tag_count,
-            dup[a:b],
-        )
+        _check(*self._state(), keys[a:b], clock[a:b], tags, dup[a:b])
         new = np.flatnonzero(~dup[a:b])
         if new.size:
             self._end_offset = int(offsets[a + new[-1]]) + 1
@@ -440,18 +390,13 @@ class Deduper:
             self._gen.append(g)
             self._tag.append(tag)
             self._first.append(int(offsets[x + first]))
-            _sweep(
-                self._tables,
-                self._used,
-                self._caps,
-                self._sweep_next,
-                _SWEEP_SHARDS,
-                int(clock[b - 1]),
-                self._expire_at,
-                self._tag_count,
-            )
+            _sweep(*self._state(), self._sweep_next, _SWEEP_SHARDS, int(clock[b - 1]))
             self._sweep_next = (self._sweep_next + _SWEEP_SHARDS) % _NSHARDS
         return end
+
+    def _state(self) -> tuple[Any, Arr, Arr, Arr, Arr]:
+        """The arrays every kernel works on: tables, per-shard used/caps, per-tag state."""
+        return self._tables, self._used, self._caps, self._expire_at, self._tag_count
 
     def _free_tags(self) -> list[int]:
         """Tags no live generation uses and no slot holds, highest first (pop() = lowest)."""
@@ -460,8 +405,7 @@ class Deduper:
 
     def _sweep_all(self, clock: int) -> None:
         """Compact every shard: purges every dead tag (rare: tags ran out after clock jumps)."""
-        args = (self._used, self._caps, 0, _NSHARDS, clock, self._expire_at, self._tag_count)
-        _sweep(self._tables, *args)
+        _sweep(*self._state(), 0, _NSHARDS, clock)
 
     def _expire(self, clock: int) -> None:
         k = 0
@@ -471,7 +415,9 @@ class Deduper:
         if k:
             del self._gen[:k], self._tag[:k], self._first[:k]
         if not self._gen and self._used.any():
-            _reset(self._tables, self._used, self._caps)  # all gone: give the memory back
+            self._tables = _new_tables()  # all gone: give the memory back
+            self._used[:] = 0
+            self._caps[:] = _MIN_CAP
             self._tag_count[:] = 0
 
     # ------------------------------------------------------------------ checkpoints
@@ -509,21 +455,16 @@ class Deduper:
             d._expected = int(gens[:, 2].sum())
         return d
 
-    def rebuild(self, tenant_ids: np.ndarray, event_ids: np.ndarray, offsets: np.ndarray) -> None:
+    def rebuild(self, tenant_ids: Arr, event_ids: Arr, offsets: Arr) -> None:
         """Put back the ids inserted at source ``offsets`` (any order, in one or more calls).
 
         Call after :meth:`restore` and before the first :meth:`check`/:meth:`expire`, with the
         (tenant_id, event_id, offset) of every row written from :meth:`rebuild_range`; rows
         outside that range are ignored, repeated rows are harmless.
         """
-        n = len(tenant_ids)
-        if len(event_ids) != n:
-            raise ValueError("tenant_ids and event_ids differ in length")
-        offs = _int64(offsets, n, "offsets")
-        keys = dedup_keys(tenant_ids, event_ids) if n else np.zeros(0, np.uint64)
-        self._rebuild_keys(keys, offs)
+        self._rebuild_keys(*_keys_and_offsets(tenant_ids, event_ids, offsets))
 
-    def _rebuild_keys(self, keys: np.ndarray, offsets: np.ndarray) -> None:
+    def _rebuild_keys(self, keys: Arr, offsets: Arr) -> None:
         """:meth:`rebuild` on keys from :func:`dedup_keys`."""
         if self._restored is None:
             raise RuntimeError("rebuild() is only valid after restore(), before check()")
@@ -538,8 +479,7 @@ class Deduper:
         tags = np.array(self._tag, np.int64)[idx]
         clocks = np.full(keys.shape[0], self._clock, np.int64)
         dup = np.zeros(keys.shape[0], np.bool_)
-        args = (self._expire_at, self._tag_count, dup)
-        _check(self._tables, self._used, self._caps, keys, clocks, tags, *args)
+        _check(*self._state(), keys, clocks, tags, dup)
 
     def _leave_rebuild(self) -> None:
         if self._restored is None:
@@ -549,11 +489,9 @@ class Deduper:
         self._restored = None
 
 
-def _parse(data: bytes) -> tuple[int, int, int, int, np.ndarray]:
+def _parse(data: bytes) -> tuple[int, int, int, int, Arr]:
     """Fields of a snapshot, validated (ValueError on anything else)."""
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise ValueError("not a dedup snapshot")
-    raw = bytes(data)
+    raw = bytes(data) if isinstance(data, bytes | bytearray | memoryview) else b""
     if len(raw) < _HEAD.size + _CRC.size or raw[:8] != _MAGIC:
         raise ValueError("not a dedup snapshot")
     if _CRC.unpack(raw[-_CRC.size :])[0] != zlib.crc32(raw[: -_CRC.size]):
@@ -564,18 +502,17 @@ def _parse(data: bytes) -> tuple[int, int, int, int, np.ndarray]:
     if not (1 <= horizon <= _CLOCK_LIMIT and 1 <= generations <= MAX_GENERATIONS):
         raise ValueError("dedup snapshot corrupted (horizon)")
     gens = np.frombuffer(raw, "<i8", ngens * 3, _HEAD.size).reshape(ngens, 3).astype(np.int64)
-    if ngens:
-        _check_gens(gens, horizon, -(-horizon // generations), clock, end)
-    return horizon, generations, clock, end, gens
-
-
-def _check_gens(gens: np.ndarray, horizon: int, width: int, clock: int, end: int) -> None:
-    idx: Sequence[int] = gens[:, 0].tolist()
-    first: Sequence[int] = gens[:, 1].tolist()
-    ok = abs(clock) <= _CLOCK_LIMIT and all(c >= 1 for c in gens[:, 2].tolist())
-    ok = ok and all(a < b for a, b in zip(idx, idx[1:], strict=False))
-    ok = ok and all(a <= b for a, b in zip(first, first[1:], strict=False)) and end > first[-1]
-    # every listed generation is live at the clock and not ahead of it
-    ok = ok and (idx[0] + 1) * width + horizon > clock and idx[-1] * width <= clock
+    idx, first, count = (gens[:, k].tolist() for k in range(3))
+    width = -(-horizon // generations)
+    # generations in order, each live at the clock and not ahead of it, with ids
+    ok = not ngens or (
+        abs(clock) <= _CLOCK_LIMIT
+        and min(count) >= 1
+        and all(a < b for a, b in zip(idx, idx[1:], strict=False))
+        and all(a <= b for a, b in zip(first, first[1:], strict=False))
+        and end > first[-1]
+        and (idx[0] + 1) * width + horizon > clock >= idx[-1] * width
+    )
     if not ok:
         raise ValueError("dedup snapshot corrupted (generations)")
+    return horizon, generations, clock, end, gens

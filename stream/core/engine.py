@@ -93,6 +93,7 @@ class Engine:
             wall, max_future_skew_ms=config.max_future_skew_ms, idle_ms=config.idle_ms
         )
         self.deduper = Deduper(config.dedup_horizon_ms)
+        self._next_position = 0
         self.budgets = BudgetTracker(
             config.budgets or BudgetConfig(), hysteresis=config.budget_hysteresis
         )
@@ -144,14 +145,21 @@ class Engine:
         """
         n_in = len(messages)
         part = np.zeros(n_in, np.int32) if partitions is None else np.asarray(partitions, np.int32)
-        offs = np.arange(n_in, dtype=np.int64) if offsets is None else np.asarray(offsets, np.int64)
+        if offsets is None:  # positions of our own, counted across batches
+            offs = self._next_position + np.arange(n_in, dtype=np.int64)
+            positions = offs
+        else:
+            offs = np.asarray(offsets, np.int64)
+            positions = _positions(part, offs)
+        if n_in:
+            self._next_position = int(positions[-1]) + 1
         stats: Counter[str] = Counter(events=n_in)
 
         batch, rejected = decode_batch(messages)
         batch = self._check_embedding_dims(batch, rejected)
         batch = self._reject_future(batch, rejected)
         before, at = self.clock.advance(batch.ts_ms)
-        dup = self.deduper.check(batch.tenant_id, batch.event_id, at, offs[batch.src_index])
+        dup = self.deduper.check(batch.tenant_id, batch.event_id, at, positions[batch.src_index])
         stats["duplicates"] = int(dup.sum())
         dups = batch.take(np.flatnonzero(dup)) if dup.any() else None
         if dups is not None:
@@ -269,6 +277,22 @@ class Engine:
             stats=stats,
         )
 
+    def dedup_rebuild_range(self, partition: int) -> tuple[int, int] | None:
+        """After :meth:`restore`: the source offsets ``[from, to)`` of ``partition`` whose
+        stored calls (``llm_calls``) the dedup must read back; None if none."""
+        span = self.deduper.rebuild_range()
+        base = partition << _POSITION_BITS
+        return None if span is None else (span[0] - base, span[1] - base)
+
+    def dedup_rebuild(
+        self, partition: int, tenant_ids: np.ndarray, event_ids: np.ndarray, offsets: np.ndarray
+    ) -> int:
+        """Put back the stored calls of :meth:`dedup_rebuild_range` (object[n], object[n],
+        int64[n]); returns how many listed ids are still missing (0: complete)."""
+        offs = np.asarray(offsets, np.int64) + (partition << _POSITION_BITS)
+        self.deduper.rebuild(tenant_ids, event_ids, offs)
+        return self.deduper.rebuild_pending()
+
     def tick(self) -> TickOutput:
         """Let the wall clock move an idle stream (see :class:`.clock.StreamClock`): what
         time alone changed — resolved budget alerts, closed share windows, budget states."""
@@ -294,6 +318,7 @@ class Engine:
             {
                 "version": 2,
                 "clock": self.clock.value,
+                "position": self._next_position,
                 "dedup": self.deduper.snapshot(),
                 "budgets": self.budgets.snapshot(),
                 "drift": self.drift_windows.snapshot(),
@@ -309,6 +334,7 @@ class Engine:
             raise ValueError("not an engine snapshot of a supported version")
         engine = cls(config, wall)
         engine.clock.restore(int(state["clock"]))
+        engine._next_position = int(state["position"])
         engine.deduper = Deduper.restore(state["dedup"])
         engine.budgets = BudgetTracker.restore(
             config.budgets or BudgetConfig(), state["budgets"],
@@ -430,6 +456,15 @@ class Engine:
             for k in _CANDIDATE_COLUMNS
         }
         return scored, uncovered, centroid, nn, version, columns
+
+
+_POSITION_BITS = 40  # a source position is partition * 2**40 + offset (offsets < ~1.1e12)
+
+
+def _positions(partitions: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """int64[n] positions that never go back along a stream: Kafka offsets of one partition,
+    or (file number, line number) of a replay of several files."""
+    return (partitions.astype(np.int64) << _POSITION_BITS) + offsets
 
 
 def _usage(  # noqa: PLR0917 - the batch, its repeats, and the per-call columns

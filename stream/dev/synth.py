@@ -999,6 +999,8 @@ def generate_bad_events(seed: int = 0) -> list[tuple[bytes, str]]:
     mutated("bad_timestamp", "ts", 7_258_118_400_000)  # 2200-01-01 in ms
     mutated("bad_timestamp", "ts", "yesterday at noon")
     mutated("bad_timestamp", "ts", "2026-11-01T10:00:00")  # no offset
+    # ts_in_future: a valid instant, but beyond the wall clock plus the allowed skew
+    mutated("ts_in_future", "ts", "2099-01-01T00:00:00Z")
 
     # invalid_value
     mutated("invalid_value", "status", "success")

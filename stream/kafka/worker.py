@@ -365,21 +365,31 @@ class Worker:
     def _rebuild_dedup(self, tp: TopicPartition, engine: Engine) -> None:
         """Read back the ids the dedup held at the checkpoint: the calls of the partition's
         offsets it names (checkpoints hold no ids, so their size does not grow with them)."""
-        span = engine.deduper.rebuild_range()
+        span = engine.dedup_rebuild_range(tp.partition)
         if span is None:
             return
         result = self.client.query(
             f"SELECT tenant_id, event_id, kafka_offset FROM {self.db}.llm_calls "  # noqa: S608 - db name validated in connect()
             "WHERE source = %(t)s AND kafka_partition = %(p)s "
-            "AND kafka_offset >= %(a)s AND kafka_offset < %(b)s ORDER BY kafka_offset",
+            "AND kafka_offset >= %(a)s AND kafka_offset < %(b)s",
             parameters={"t": tp.topic, "p": tp.partition, "a": span[0], "b": span[1]},
         )
         tenants, events, offsets = result.result_columns or ([], [], [])
-        engine.deduper.rebuild(
+        missing = engine.dedup_rebuild(
+            tp.partition,
             np.asarray(tenants, dtype=object),
             np.asarray(events, dtype=object),
             np.asarray(offsets, dtype=np.int64),
         )
+        if missing:
+            # not expected: checkpoints are written only once their rows are stored
+            log.warning(
+                "dedup of %s[%d]: %d ids of the checkpoint not found in llm_calls; "
+                "their retries would count again",
+                tp.topic,
+                tp.partition,
+                missing,
+            )
 
     # ------------------------------------------------------------------ processing
     async def _dispatch(

@@ -64,11 +64,29 @@ def run(
 ) -> dict[str, Any]:
     engine = Engine(config(eval_sets))
     out: dict[str, Any] = {"calls": [], "alerts": [], "stats": Counter(), "usage": Counter()}
+    stored: list[tuple[str, str, int]] = []  # what llm_calls would hold: tenant, id, offset
     bounds = [0, *cuts, len(events)]
     for a, b in zip(bounds[:-1], bounds[1:], strict=True):
         if restart_at is not None and a == restart_at:
             engine = Engine.restore(config(eval_sets), engine.snapshot())
+            # as the worker does: the dedup ids are read back from the stored calls
+            span = engine.dedup_rebuild_range(0)
+            if span is not None:
+                rows = [r for r in stored if span[0] <= r[2] < span[1]]
+                missing = engine.dedup_rebuild(
+                    0,
+                    np.array([r[0] for r in rows], dtype=object),
+                    np.array([r[1] for r in rows], dtype=object),
+                    np.array([r[2] for r in rows], dtype=np.int64),
+                )
+                assert missing == 0
         res = engine.process(events[a:b], offsets=np.arange(a, b))
+        stored += zip(
+            res.calls["tenant_id"],
+            res.calls["event_id"],
+            res.calls["kafka_offset"].tolist(),
+            strict=True,
+        )
         out["calls"] += list(
             zip(
                 res.calls["event_id"],
@@ -78,13 +96,13 @@ def run(
                 strict=True,
             )
         )
-        out["alerts"] += [a.alert_id for a in res.alerts]
+        out["alerts"] += [(a.alert_id, a.status) for a in res.alerts]
         out["stats"].update(res.stats)
         for i in range(len(res.usage["minute"])):
             out["usage"][(res.usage["minute"][i], res.usage["tenant_id"][i])] += int(
                 res.usage["calls"][i]
             )
-    out["alerts"] += [a.alert_id for a in engine.finish()]
+    out["alerts"] += [(a.alert_id, a.status) for a in engine.finish().alerts]
     return out
 
 
@@ -151,7 +169,7 @@ def test_pricing_edge_cases_and_unknowns() -> None:
     assert out.calls["unpriced"].tolist() == [0, 0, 1, 0]
     assert cost[3] == pytest.approx((5e11 * 1.0 + 4e11 * 0.1 + 1e11 * 1.25 + 1e12 * 2.0) / 1e6)
     assert out.stats["duplicates"] == 1 and out.stats["unpriced"] == 1
-    assert len(out.budget_states["tenant_id"]) == 0 and out.alerts == []
+    assert out.budget_states == {} and out.alerts == []
 
 
 def test_empty_batch() -> None:

@@ -19,6 +19,7 @@ from sink_cases import engine_outputs, norm, with_huge_counts
 from llmops_stream.schemas import read_text
 from llmops_stream.stream.clickhouse import sink as sc
 from llmops_stream.stream.clickhouse.sink import ClickHouseSink, latest_states
+from llmops_stream.stream.core.budget_state import concat_states
 from llmops_stream.stream.core.engine import BatchOutput
 
 # columns the sink fills with the time of the flush
@@ -165,9 +166,8 @@ def test_alerts_and_budget_states_tables(outs: list[BatchOutput]) -> None:
     tables = flushed(outs).tables()
     alerts = [a for o in outs for a in o.alerts]
     assert tables["llm_alerts"]["alert_id"].to_pylist() == [a.alert_id for a in alerts]
-    states = latest_states(
-        {k: np.concatenate([o.budget_states[k] for o in outs]) for k in outs[0].budget_states}
-    )
+    assert tables["llm_alerts"]["status"].to_pylist() == [a.status for a in alerts]
+    states = latest_states(concat_states([o.budget_states for o in outs]))
     got = tables["llm_budget_state"]
     assert got["spend_usd"].to_pylist() == states["spend_usd"].tolist()
     assert values_of(got["as_of"]) == states["as_of_ms"].tolist()

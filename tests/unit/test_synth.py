@@ -7,6 +7,7 @@ import binascii
 import json
 import math
 import re
+import time
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
@@ -180,6 +181,9 @@ def validate(raw: bytes) -> dict[str, Any]:
             parse_time(chunk["source_updated_at"])
     if ev.get("embedding") is not None:
         check_embedding(ev["embedding"])
+    # after every decode check, as the engine rejects it once decoded: the default skew
+    if parse_time(ev["ts"]) > time.time() * 1000 + 900_000:
+        raise Reject("ts_in_future")
     return ev
 
 
@@ -415,7 +419,7 @@ def test_reject_reasons_are_documented() -> None:
     assert set(REJECT_REASONS) == {
         "invalid_json", "invalid_utf8", "missing_field", "wrong_type", "negative_tokens",
         "inconsistent_tokens", "bad_embedding", "embedding_not_finite", "too_large",
-        "bad_timestamp", "invalid_value",
+        "bad_timestamp", "ts_in_future", "invalid_value",
     }  # fmt: skip
     assert all(desc and "\n" not in desc for desc in REJECT_REASONS.values())
 
