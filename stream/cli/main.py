@@ -179,7 +179,7 @@ def _progress(console: Console) -> Progress:
 
 
 def _connect(settings: Settings) -> Any:
-    from .sink_clickhouse import connect  # noqa: PLC0415 - heavy, after arg parsing
+    from llmops_stream.stream.clickhouse.sink import connect  # noqa: PLC0415 - heavy, after arg parsing
 
     return connect(
         settings.clickhouse,
@@ -191,8 +191,8 @@ def _connect(settings: Settings) -> Any:
 
 def cmd_replay(args: argparse.Namespace, console: Console) -> int:
     """``replay FILE…|-``."""
-    from .pipeline import build_engine, replay  # noqa: PLC0415
-    from .sink_clickhouse import ClickHouseSink  # noqa: PLC0415
+    from llmops_stream.stream.clickhouse.sink import ClickHouseSink  # noqa: PLC0415
+    from llmops_stream.stream.files.replay import build_engine, replay  # noqa: PLC0415
 
     for f in args.files:
         if f != "-" and not Path(f).is_file():
@@ -233,7 +233,7 @@ def cmd_replay(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
     """``report [--json]``."""
-    from .report import budget_states, build_report  # noqa: PLC0415
+    from llmops_stream.stream.clickhouse.report import budget_states, build_report  # noqa: PLC0415
 
     settings = _settings(args)
     client = _connect(settings)
@@ -250,13 +250,13 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     import asyncio  # noqa: PLC0415
     import signal  # noqa: PLC0415
 
-    from .metrics import WorkerMetrics  # noqa: PLC0415
-    from .pipeline import build_engine_config  # noqa: PLC0415
-    from .worker import Worker  # noqa: PLC0415
+    from llmops_stream.stream.files.replay import build_engine_config  # noqa: PLC0415
+    from llmops_stream.stream.kafka.worker import Worker  # noqa: PLC0415
+    from llmops_stream.stream.runtime.metrics import WorkerMetrics  # noqa: PLC0415
 
     settings = _settings(args)
     logging.getLogger("llmops_stream").setLevel(logging.INFO)
-    from .evalset import EvalSetWatcher  # noqa: PLC0415
+    from llmops_stream.stream.core.evalset import EvalSetWatcher  # noqa: PLC0415
 
     # files validated before joining the group; the eval set is watched for hot reload
     watcher = (
@@ -301,8 +301,8 @@ def cmd_loadgen(args: argparse.Namespace, console: Console) -> int:
 
     from aiokafka.errors import KafkaConnectionError  # noqa: PLC0415
 
-    from .loadgen import run_loadgen  # noqa: PLC0415
-    from .worker import kafka_kwargs  # noqa: PLC0415
+    from llmops_stream.stream.dev.loadgen import run_loadgen  # noqa: PLC0415
+    from llmops_stream.stream.kafka.worker import kafka_kwargs  # noqa: PLC0415
 
     settings = _settings(args)
     if args.rate <= 0:
@@ -364,7 +364,7 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
         result.seconds,
         result.alert_statuses.get("resolved", 0),
     )
-    from .report import budget_states, build_report  # noqa: PLC0415
+    from llmops_stream.stream.clickhouse.report import budget_states, build_report  # noqa: PLC0415
 
     client = _connect(settings)
     _print_report(

@@ -75,6 +75,8 @@ class WorkerMetrics:
         self.events.labels("valid").inc(stats.get("valid", 0))
         self.events.labels("duplicate").inc(stats.get("duplicates", 0))
         self.events.labels("rejected").inc(stats.get("rejected", 0))
+        # counted in the totals, but older than their budget window or period
+        self.events.labels("budget_late").inc(stats.get("budget_late", 0))
         for key, n in stats.items():
             if key.startswith("rejected:"):
                 self.rejected.labels(key.split(":", 1)[1]).inc(n)
