@@ -124,3 +124,37 @@ def test_old_events_count_in_their_own_minute_not_in_a_window_that_moved_on() ->
     assert round(state(sink)["spend_usd"], 6) == 0.2  # the old one is not in the 1 h window
     minutes = set(eng.process(MemorySource([call(2, old + 5)]).events).usage["minute"])
     assert minutes == {(old - old % MIN) // 1000}
+
+
+def retrieval_call(i: int, ts: int, tenant: str, stale: bool) -> dict[str, Any]:
+    """A call that retrieved one chunk, outdated (its source changed after embedding) or not."""
+    chunk = {"chunk_id": f"c{i}", "doc_id": "d", "embedded_at": ts - 10_000, "score": 0.9,
+             "source_updated_at": ts - 5_000 if stale else ts - 20_000}  # fmt: skip
+    return call(i, ts, tenant, retrieval={"index_version": "v1", "chunks": [chunk]})
+
+
+def test_quiet_tenant_with_stale_retrieval_is_alerted_once() -> None:
+    """12 retrieval calls per 15 min, all stale, for 3 hours: no 15-minute window reaches
+    the minimum of 20, but the 30-minute span does — one firing, not one per window."""
+    wall = ManualClock(T0_MS + 4 * HOUR)
+    eng, sink = engine(wall), ListSink()
+    events = [retrieval_call(i, T0_MS + i * 75_000, "quiet", True) for i in range(144)]
+    events += [retrieval_call(i, T0_MS + i * 75_000, "tiny", True) for i in range(3)]
+    run_engine(eng, MemorySource(events), sink, batch_size=10)
+    fresh = [a for a in sink.alerts if a.type == "freshness"]
+    assert [(a.tenant_id, a.status) for a in fresh] == [("quiet", "firing")]
+    assert fresh[0].details["span_ms"] >= 30 * MIN
+
+
+def test_windows_close_on_an_idle_stream() -> None:
+    """Stale retrieval in one window, then silence: the wall clock closes the window."""
+    wall = ManualClock(T0_MS)
+    eng, sink = engine(wall), ListSink()
+    events = [retrieval_call(i, T0_MS - 10 * MIN + i * 1000, "busy", True) for i in range(30)]
+    run_engine(eng, MemorySource(events), sink)
+    assert [a for a in sink.alerts if a.type == "freshness"] == []
+    wall.advance(30 * MIN)
+    sink.add(eng.tick())
+    assert [(a.tenant_id, a.status) for a in sink.alerts if a.type == "freshness"] == [
+        ("busy", "firing")
+    ]
