@@ -17,6 +17,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .histograms import N_BINS
+
 # Open rows with at least this many pending (uncompacted) columns are summed up.
 _COMPACT_AT = 1 << 16
 
@@ -58,17 +60,16 @@ class Entries:
 
     def take(self, idx: np.ndarray) -> Entries:
         """The entries ``idx`` (in that order), lag rows following their entries."""
-        lengths = self.lag_off[idx + 1] - self.lag_off[idx]
-        off = _prefix(lengths)
-        rows = np.repeat(self.lag_off[idx] - off[:-1], lengths) + np.arange(off[-1])
+        if self.lag_bin.shape[0] == 0:  # no lags at all (drift): nothing to gather
+            off = np.zeros(idx.shape[0] + 1, dtype=np.int64)
+            lag_bin, lag_cnt = self.lag_bin, self.lag_cnt
+        else:
+            lengths = self.lag_off[idx + 1] - self.lag_off[idx]
+            off = _prefix(lengths)
+            rows = np.repeat(self.lag_off[idx] - off[:-1], lengths) + np.arange(off[-1])
+            lag_bin, lag_cnt = self.lag_bin[rows], self.lag_cnt[rows]
         return Entries(
-            self.pair[idx],
-            self.start[idx],
-            self.num[idx],
-            self.den[idx],
-            off,
-            self.lag_bin[rows],
-            self.lag_cnt[rows],
+            self.pair[idx], self.start[idx], self.num[idx], self.den[idx], off, lag_bin, lag_cnt
         )
 
     def insert(self, new: Entries) -> tuple[Entries, np.ndarray]:
@@ -123,7 +124,8 @@ class OpenRows:
     pairs are open.
     """
 
-    def __init__(self, rows: np.ndarray | None = None) -> None:
+    def __init__(self, window_ms: int, rows: np.ndarray | None = None) -> None:
+        self.window_ms = window_ms
         self.rows = np.zeros((6, 0), dtype=np.int64) if rows is None else rows
         self.pending: list[np.ndarray] = []
         self.pending_len = 0
@@ -131,8 +133,26 @@ class OpenRows:
     def append(self, block: np.ndarray) -> None:
         self.pending.append(block)
         self.pending_len += block.shape[1]
-        if self.pending_len >= _COMPACT_AT:
+        # Compacting only once pending rows outnumber the compacted ones keeps it amortised.
+        if self.pending_len >= max(_COMPACT_AT, self.rows.shape[1]):
             self.compact()
+
+    def _order(self, data: np.ndarray, *, pair_major: bool = False) -> np.ndarray:
+        """Column order by (start, pair, bin), or (pair, start, bin): one int64 key sorts
+        much faster than a three-key lexsort, when windows and pairs are few enough to pack."""
+        start, pair, lag_bin = data[0], data[1], data[2]
+        if start.shape[0] == 0:
+            return np.zeros(0, dtype=np.int64)
+        lo = int(start.min())
+        n_windows = (int(start.max()) - lo) // self.window_ms + 1
+        n_pairs = int(pair.max()) + 1
+        if n_windows * n_pairs * (N_BINS + 1) >= 1 << 62:
+            if pair_major:
+                return np.lexsort((lag_bin, start, pair))
+            return np.lexsort((lag_bin, pair, start))
+        window = (start - lo) // self.window_ms
+        major = pair * n_windows + window if pair_major else window * n_pairs + pair
+        return np.argsort(major * (N_BINS + 1) + lag_bin + 1)
 
     def compact(self) -> None:
         if not self.pending:
@@ -140,7 +160,7 @@ class OpenRows:
         data = np.concatenate([self.rows, *self.pending], axis=1)
         self.pending = []
         self.pending_len = 0
-        data = data[:, np.lexsort((data[2], data[1], data[0]))]
+        data = data[:, self._order(data)]
         change = np.ones(data.shape[1], dtype=bool)
         change[1:] = np.any(data[:3, 1:] != data[:3, :-1], axis=0)
         heads = np.flatnonzero(change)
@@ -160,7 +180,7 @@ class OpenRows:
         self.compact()
         k = int(np.searchsorted(self.rows[0], last_start, side="right"))
         taken, self.rows = self.rows[:, :k], self.rows[:, k:]
-        taken = taken[:, np.lexsort((taken[2], taken[0], taken[1]))]
+        taken = taken[:, self._order(taken, pair_major=True)]
         is_entry = taken[2] < 0
         # Every lag row has its event's count row (bin -1 sorts first in its group).
         heads = np.flatnonzero(is_entry)
@@ -180,12 +200,17 @@ class OpenRows:
         )
 
     def first_start(self) -> int | None:
-        self.compact()
-        return int(self.rows[0, 0]) if self.rows.shape[1] else None
+        """Earliest open window start (without compacting: called on every close)."""
+        firsts = [int(b[0].min()) for b in self.pending if b.shape[1]]
+        if self.rows.shape[1]:
+            firsts.append(int(self.rows[0, 0]))
+        return min(firsts, default=None)
 
     def last_start(self) -> int | None:
-        self.compact()
-        return int(self.rows[0, -1]) if self.rows.shape[1] else None
+        lasts = [int(b[0].max()) for b in self.pending if b.shape[1]]
+        if self.rows.shape[1]:
+            lasts.append(int(self.rows[0, -1]))
+        return max(lasts, default=None)
 
 
 @dataclass(slots=True)
@@ -230,6 +255,15 @@ class Transition(NamedTuple):
     lo: int
     hi: int
     span_start: int
+
+
+def _no_data(
+    hist: Entries, reach: int, window: int, pid: int, *, episode: int, rows: tuple[int, int]
+) -> Transition:
+    """A no-data resolution judged at ``window``: it covers the longest span, with whatever
+    the pair's history ``rows`` (a half-open range) still hold there."""
+    lo, hi = hist.rows_between(rows[0], rows[1], window - reach, window)
+    return Transition(window, pid, "resolved", "no_data", episode, lo, hi, window - reach)
 
 
 def lifecycle(
@@ -287,59 +321,27 @@ def lifecycle(
         last_fire = np.maximum.accumulate(np.where(fire, t, -1))
         fire_before = np.full(k, -1, dtype=np.int64)
         fire_before[1:] = last_fire[:-1]
-        opened_here = same & (fire_before >= first_t)
+        # The episode open before judgement t: fired earlier in this close, else stored.
+        opened_here = fire_before >= first_t
         episode_before = np.where(opened_here, s[np.maximum(fire_before, 0)], eps.episode[p])
 
         for q in np.flatnonzero(expired).tolist():
-            end = int(expiry[q])
-            lo, hi = hist.rows_between(int(first[i[q]]), int(i[q]), end - reach, end)
-            out.append(
-                Transition(
-                    end,
-                    int(p[q]),
-                    "resolved",
-                    "no_data",
-                    int(episode_before[q]),
-                    lo,
-                    hi,
-                    end - reach,
-                )
-            )
+            row, episode = int(i[q]), int(episode_before[q])
+            rows = (int(first[row]), row)  # the pair's rows before this judgement
+            out.append(_no_data(hist, reach, int(expiry[q]), int(p[q]), episode=episode, rows=rows))
         for q in np.flatnonzero(fire | resolve).tolist():
-            start, row = int(s[q]), int(i[q])
+            start, row, pid, episode = int(s[q]), int(i[q]), int(p[q]), int(episode_before[q])
             if fire[q]:
-                out.append(
-                    Transition(
-                        start, int(p[q]), "firing", None, start, int(j[q]), row + 1, int(span[q])
-                    )
-                )
+                tr = Transition(start, pid, "firing", None, start, int(j[q]), row + 1, int(span[q]))
             elif ok[q]:
-                out.append(
-                    Transition(
-                        start,
-                        int(p[q]),
-                        "resolved",
-                        "below_threshold",
-                        int(episode_before[q]),
-                        int(j[q]),
-                        row + 1,
-                        int(span[q]),
-                    )
+                reason = "below_threshold"
+                tr = Transition(
+                    start, pid, "resolved", reason, episode, int(j[q]), row + 1, int(span[q])
                 )
             else:
-                lo, hi = hist.rows_between(int(first[row]), row + 1, start - reach, start)
-                out.append(
-                    Transition(
-                        start,
-                        int(p[q]),
-                        "resolved",
-                        "no_data",
-                        int(episode_before[q]),
-                        lo,
-                        hi,
-                        start - reach,
-                    )
-                )
+                rows = (int(first[row]), row + 1)
+                tr = _no_data(hist, reach, start, pid, episode=episode, rows=rows)
+            out.append(tr)
 
         # State after each pair's last judgement of this close.
         last = np.ones(k, dtype=bool)
@@ -356,13 +358,9 @@ def lifecycle(
     if due.shape[0]:
         bounds = np.searchsorted(hist.pair, np.stack([due, due + 1]), side="left")
         for q, pid in enumerate(due.tolist()):
-            end = int(eps.evidence[pid]) + k_max * w
-            lo, hi = hist.rows_between(int(bounds[0, q]), int(bounds[1, q]), end - reach, end)
-            out.append(
-                Transition(
-                    end, pid, "resolved", "no_data", int(eps.episode[pid]), lo, hi, end - reach
-                )
-            )
+            end, episode = int(eps.evidence[pid]) + k_max * w, int(eps.episode[pid])
+            rows = (int(bounds[0, q]), int(bounds[1, q]))
+            out.append(_no_data(hist, reach, end, pid, episode=episode, rows=rows))
         eps.firing[due] = False
     return out
 

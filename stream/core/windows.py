@@ -13,8 +13,10 @@ closed; late events are dropped (those with a non-zero denominator are counted i
 ``clock_ms - lateness_ms``; ``close(None)`` closes every open window (end of a finite
 replay). Windows without any event close too: time passes for the evidence rule and for
 the no-data resolution below. Closing costs O(entries + pairs), never O(elapsed windows).
-Since lateness depends only on ``clock_before``, the alerts do not depend on how the
-stream was cut into batches or when ``close`` ran with the clock of its time.
+Lateness depends only on ``clock_before``, so as long as ``close`` gets the stream clock
+of its time (never ahead of the next event's ``clock_before``), the alerts do not depend
+on how the stream was cut into batches or on when ``close`` ran. A ``None`` app is the
+same as ``""``.
 
 **Evidence rule** (multi-window alerting as in the SRE workbook). When a base window W
 closes, each (tenant, app) pair with history is judged over W if its denominator there
@@ -32,8 +34,9 @@ emit nothing; judged share <= threshold → one ``status="resolved"`` alert with
 no longer holds ``min_count`` (traffic stopped) is resolved with reason ``"no_data"``.
 ``alert_id`` = hash of (type, metric, tenant, app, episode start), the episode start being
 the start of the window whose close fired it. An alert's ``window_start``/``window_end``
-are the judged span (the longest span for no-data), ``value`` and the detail counts are
-over that span, ``emitted_at`` is the end of the judging window (the engine stays free of
+are the judged span (for no-data: the longest span ending at the window where evidence
+ran out), ``value`` and the detail counts are over that span (no-data: whatever it still
+holds, 0.0 when empty), ``emitted_at`` is the end of the judging window (the engine stays free of
 the wall clock). Details: the numerator and denominator counts under their names,
 ``window_ms``, ``span_ms``, ``episode_start`` (RFC 3339), ``reason`` on resolved alerts,
 and with ``lag_quantiles`` ``lag_count`` and ``lag_p50_ms``/``lag_p90_ms``/``lag_p99_ms``
@@ -52,6 +55,7 @@ from typing import Any
 
 import msgspec
 import numpy as np
+import pandas as pd
 
 from .alerts import Alert, make_alert
 from .histograms import N_BINS, bin_index, quantile
@@ -142,10 +146,10 @@ class ShareWindows:
         self._tenant_list: list[Any] = []
         self._apps: dict[Any, int] = {}
         self._app_list: list[Any] = []
-        self._pairs: dict[int, int] = {}
-        self._pair_tenant: list[int] = []
-        self._pair_app: list[int] = []
-        self._open = OpenRows()
+        self._pair_index = pd.Index(np.zeros(0, dtype=np.int64))
+        self._pair_tenant = np.zeros(0, dtype=np.int64)
+        self._pair_app = np.zeros(0, dtype=np.int64)
+        self._open = OpenRows(self.window_ms)
         self._hist = Entries.empty()
         self._eps = Episodes.empty()
         self._next_expiry: int | None = None  # window start where a firing pair runs dry
@@ -159,27 +163,34 @@ class ShareWindows:
     # ------------------------------------------------------------------ adding
 
     @staticmethod
-    def _intern(values: list[Any], table: dict[Any, int], names: list[Any]) -> np.ndarray:
-        # One dict insertion per distinct value, then a C-level map over the batch.
-        for value in dict.fromkeys(values):
+    def _intern(values: np.ndarray, table: dict[Any, int], names: list[Any]) -> np.ndarray:
+        """Table id of every value (None is the same as ""), registering new ones."""
+        codes, uniques = pd.factorize(values)  # hashing in C; None comes back as -1
+        ids = []
+        for value in [*uniques.tolist(), ""]:
             if value not in table:
                 table[value] = len(names)
                 names.append(value)
-        return np.fromiter(map(table.__getitem__, values), dtype=np.int64, count=len(values))
+            ids.append(table[value])
+        return np.asarray(ids, dtype=np.int64)[codes]  # -1 picks the trailing ""
 
     def _pair_ids(self, tenants: np.ndarray, apps: np.ndarray) -> np.ndarray:
-        tc = self._intern(tenants.tolist(), self._tenants, self._tenant_list)
-        ac = self._intern(apps.tolist(), self._apps, self._app_list)
-        unique, inverse = np.unique((tc << 32) | ac, return_inverse=True)
-        ids = np.empty(unique.shape[0], dtype=np.int64)
-        for u, key in enumerate(unique.tolist()):
-            pid = self._pairs.get(key)
-            if pid is None:
-                pid = self._pairs[key] = len(self._pair_tenant)
-                self._pair_tenant.append(key >> 32)
-                self._pair_app.append(key & 0xFFFFFFFF)
-            ids[u] = pid
-        return ids[inverse]
+        tc = self._intern(tenants, self._tenants, self._tenant_list)
+        ac = self._intern(apps, self._apps, self._app_list)
+        keys, unique = pd.factorize((tc << 32) | ac)
+        ids = self._pair_index.get_indexer(unique).astype(np.int64)
+        fresh = np.flatnonzero(ids < 0)
+        if fresh.shape[0]:
+            n = len(self._pair_index)
+            ids[fresh] = n + np.arange(fresh.shape[0])
+            self._set_pairs(np.concatenate([self._pair_index.to_numpy(), unique[fresh]]))
+        return ids[keys]
+
+    def _set_pairs(self, keys: np.ndarray) -> None:
+        """Pair id i is (tenant id, app id) packed as ``keys[i]``."""
+        self._pair_index = pd.Index(keys.astype(np.int64))
+        self._pair_tenant = keys >> 32
+        self._pair_app = keys & 0xFFFFFFFF
 
     def add(
         self,
@@ -240,7 +251,7 @@ class ShareWindows:
             return
         pairs = np.zeros(n, dtype=np.int64)
         pairs[kept] = self._pair_ids(tenants[kept], app_values[kept])
-        self._eps.grow(len(self._pair_tenant))
+        self._eps.grow(len(self._pair_index))
         block = np.stack(
             [starts[kept], pairs[kept], np.full(kept.shape[0], -1), num[kept], den[kept]]
             + [np.zeros(kept.shape[0], dtype=np.int64)]
@@ -297,7 +308,7 @@ class ShareWindows:
         ):
             return []  # no window with data closes and no episode runs dry: nothing to judge
         hist, is_new = self._hist.insert(self._open.pop_until(s_limit))
-        self._eps.grow(len(self._pair_tenant))
+        self._eps.grow(len(self._pair_index))
         transitions = lifecycle(
             hist,
             is_new,
@@ -317,11 +328,9 @@ class ShareWindows:
     def _alerts(self, hist: Entries, transitions: list[Transition]) -> list[Alert]:
         rows = []
         for tr in transitions:
-            tenant = self._tenant_list[self._pair_tenant[tr.pair]]
-            app = self._app_list[self._pair_app[tr.pair]]
-            tenant_s = "" if tenant is None else str(tenant)
-            app_s = "" if app is None else str(app)
-            rows.append((tr.window, tenant_s, app_s, tr))
+            tenant = str(self._tenant_list[self._pair_tenant[tr.pair]])
+            app = str(self._app_list[self._pair_app[tr.pair]])
+            rows.append((tr.window, tenant, app, tr))
         rows.sort(key=lambda r: r[:3])
         out = []
         for window, tenant, app, tr in rows:
@@ -393,14 +402,14 @@ class ShareWindows:
         (renumbered), so a restart also forgets pairs that went quiet for good.
         """
         self._open.compact()
-        n_pairs = len(self._pair_tenant)
+        n_pairs = len(self._pair_index)
         self._eps.grow(n_pairs)
         firing = np.flatnonzero(self._eps.firing[:n_pairs])
         used = np.unique(np.concatenate([self._open.rows[1], self._hist.pair, firing]))
         remap = np.full(max(n_pairs, 1), -1, dtype=np.int64)
         remap[used] = np.arange(used.shape[0])  # increasing: sort orders are kept
-        pair_tenant = np.asarray(self._pair_tenant, dtype=np.int64)[used]
-        pair_app = np.asarray(self._pair_app, dtype=np.int64)[used]
+        pair_tenant = self._pair_tenant[used]
+        pair_app = self._pair_app[used]
         tenants, tenant_code = np.unique(pair_tenant, return_inverse=True)
         apps, app_code = np.unique(pair_app, return_inverse=True)
         open_rows = self._open.rows.copy()
@@ -458,16 +467,13 @@ class ShareWindows:
         self._tenants = {t: i for i, t in enumerate(self._tenant_list)}
         self._app_list = list(state["apps"])
         self._apps = {a: i for i, a in enumerate(self._app_list)}
-        self._pair_tenant = np.frombuffer(state["pair_tenant"], dtype="<i8").tolist()
-        self._pair_app = np.frombuffer(state["pair_app"], dtype="<i8").tolist()
-        self._pairs = {
-            (t << 32) | a: i
-            for i, (t, a) in enumerate(zip(self._pair_tenant, self._pair_app, strict=True))
-        }
-        self._open = OpenRows(np.frombuffer(state["open"], dtype="<i8").reshape(6, -1).copy())
-        self._open.rows = self._open.rows.astype(np.int64)
+        pair_tenant = np.frombuffer(state["pair_tenant"], dtype="<i8").astype(np.int64)
+        pair_app = np.frombuffer(state["pair_app"], dtype="<i8").astype(np.int64)
+        self._set_pairs((pair_tenant << 32) | pair_app)
+        rows = np.frombuffer(state["open"], dtype="<i8").astype(np.int64).reshape(6, -1)
+        self._open = OpenRows(self.window_ms, rows)
         self._hist = Entries.from_arrays(state["history"])
-        self._eps.grow(len(self._pair_tenant))
+        self._eps.grow(len(self._pair_index))
         pids, episode, evidence = (np.frombuffer(b, dtype="<i8") for b in state["firing"])
         self._eps.firing[pids] = True
         self._eps.episode[pids] = episode
