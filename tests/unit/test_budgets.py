@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from llmops_stream.stream.core import budget_kernels as kern
+from llmops_stream.stream.core import budget_queues as queues
 from llmops_stream.stream.core.alerts import Alert
 from llmops_stream.stream.core.budget_layout import META_USED
 from llmops_stream.stream.core.budgets import (
@@ -530,12 +531,15 @@ def test_month_bounds_match_datetime() -> None:
         assert kern.month_bounds.py_func(ts) == want, ts
 
 
-def _dispatchers() -> dict[str, Any]:
-    return {k: v for k, v in vars(kern).items() if hasattr(v, "py_func")}
+def _dispatchers() -> dict[tuple[Any, str], Any]:
+    """Every numba kernel of the tracker, by (module, name) it is called through."""
+    return {
+        (mod, k): v for mod in (kern, queues) for k, v in vars(mod).items() if hasattr(v, "py_func")
+    }
 
 
 def test_every_kernel_is_covered_by_the_pure_python_run() -> None:
-    assert set(_dispatchers()) == {
+    assert {name for _, name in _dispatchers()} == {
         "month_bounds", "_period", "queue_cap_for", "repack", "_reserve", "_bucket_add",
         "_emit", "_bring_up", "_init", "_add", "apply_events", "advance_all",
         "gather_buckets", "scatter_buckets",
@@ -568,8 +572,8 @@ def test_kernels_pure_python_match_compiled(monkeypatch: pytest.MonkeyPatch) -> 
         return out, tr.states(), tr.snapshot()
 
     compiled = go()
-    for name, disp in _dispatchers().items():
-        monkeypatch.setattr(kern, name, disp.py_func)
+    for (mod, name), disp in _dispatchers().items():
+        monkeypatch.setattr(mod, name, disp.py_func)
     plain = go()
     assert compiled[0] and plain == compiled
 
