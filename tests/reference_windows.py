@@ -20,9 +20,11 @@ class RefShareWindows:
         min_count: int,
         lateness_ms: int,
         max_window_ms: int,
+        hysteresis: float = 0.0,
     ) -> None:
         self.window_ms = window_ms
         self.threshold = threshold
+        self.hysteresis = hysteresis
         self.min_count = min_count
         self.lateness_ms = lateness_ms
         self.max_windows = max_window_ms // window_ms
@@ -110,10 +112,12 @@ class RefShareWindows:
                 evidence = True
                 break
         above = evidence and num / den > self.threshold
+        # an open episode stays open while the share is above threshold - hysteresis
+        keep = evidence and num / den > self.threshold - self.hysteresis
         if above and key not in self.firing:
             self.firing[key] = window
             status, reason, episode = "firing", None, window
-        elif not above and key in self.firing:
+        elif not keep and key in self.firing:
             episode = self.firing.pop(key)
             status, reason = "resolved", "below_threshold" if evidence else "no_data"
         else:

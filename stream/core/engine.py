@@ -61,6 +61,7 @@ class EngineConfig:
     idle_ms: int = 1_000  # wall time without events after which the clock follows the wall
     budget_hysteresis: float = 0.05  # fraction of the limit below a level to resolve it
     alert_max_window_ms: int = 24 * 3_600_000  # longest span a share alert is judged over
+    share_hysteresis: float = 0.05  # share points below the threshold to resolve a share alert
 
 
 @dataclass
@@ -106,6 +107,7 @@ class Engine:
             min_count=config.drift_min_count,
             lateness_ms=config.lateness_ms,
             max_window_ms=config.alert_max_window_ms,
+            hysteresis=config.share_hysteresis,
         )
         self.fresh_windows = ShareWindows(
             alert_type="freshness",
@@ -115,6 +117,7 @@ class Engine:
             min_count=config.freshness.min_count,
             lateness_ms=config.lateness_ms,
             max_window_ms=config.alert_max_window_ms,
+            hysteresis=config.share_hysteresis,
             lag_quantiles=True,  # alerts carry p50/p90/p99 of ts − source_updated_at
         )
         self.set_eval_sets(config.eval_sets)
@@ -340,7 +343,11 @@ class Engine:
             config.budgets or BudgetConfig(), state["budgets"],
             hysteresis=config.budget_hysteresis,
         )  # fmt: skip
-        common = {"lateness_ms": config.lateness_ms, "max_window_ms": config.alert_max_window_ms}
+        common = {
+            "lateness_ms": config.lateness_ms,
+            "max_window_ms": config.alert_max_window_ms,
+            "hysteresis": config.share_hysteresis,
+        }
         engine.drift_windows = ShareWindows.restore(
             state["drift"], threshold=config.drift_threshold, min_count=config.drift_min_count,
             **common,

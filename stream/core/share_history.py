@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ._numba import njit
 from .histograms import N_BINS
 
 # Open rows with at least this many pending (uncompacted) columns are summed up.
@@ -266,6 +267,30 @@ def _no_data(
     return Transition(window, pid, "resolved", "no_data", episode, lo, hi, window - reach)
 
 
+@njit
+def _scan(
+    same: np.ndarray, above: np.ndarray, keep: np.ndarray, stored: np.ndarray, late: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The firing state machine over one close's judgements (bool[k] each, sorted by pair
+    then window): ``same`` judgement of the pair of the one before, ``above`` share over
+    the threshold, ``keep`` share over threshold - hysteresis, ``stored`` the pair's state
+    before this close, ``late`` the previous evidence left the longest span before this
+    window. Returns bool[k] ``expired``, ``fire``, ``resolve`` and the state after each."""
+    k = same.shape[0]
+    expired = np.zeros(k, np.bool_)
+    fire = np.zeros(k, np.bool_)
+    resolve = np.zeros(k, np.bool_)
+    state = np.zeros(k, np.bool_)
+    for t in range(k):
+        before = state[t - 1] if same[t] else stored[t]
+        expired[t] = before and late[t]
+        held = before and not late[t]
+        fire[t] = above[t] and not held
+        resolve[t] = held and not keep[t]
+        state[t] = fire[t] or (held and keep[t])
+    return expired, fire, resolve, state
+
+
 def lifecycle(
     hist: Entries,
     is_new: np.ndarray,
@@ -276,6 +301,7 @@ def lifecycle(
     window_ms: int,
     k_max: int,
     s_limit: int,
+    hysteresis: float = 0.0,
 ) -> list[Transition]:
     """Judge every newly closed entry, run the firing/resolved state machine and end the
     episodes whose evidence runs out by window ``s_limit``; updates ``eps`` in place.
@@ -310,13 +336,11 @@ def lifecycle(
         t = np.arange(k)
         same = np.zeros(k, dtype=bool)  # previous judgement is of the same pair
         same[1:] = p[1:] == p[:-1]
-        prev_above = np.where(same, np.roll(above, 1), eps.firing[p])
         prev_span = np.where(same, np.roll(span, 1), eps.evidence[p])
         expiry = prev_span + k_max * w
-        expired = prev_above & (expiry < s)  # evidence ran out at an earlier, empty window
-        held = prev_above & ~expired
-        fire = above & ~held
-        resolve = held & ~above
+        # an open episode stays open while the share is above threshold - hysteresis
+        keep = ok & (share > threshold - hysteresis)
+        expired, fire, resolve, state = _scan(same, above, keep, eps.firing[p], expiry < s)
         first_t = np.maximum.accumulate(np.where(same, 0, t))
         last_fire = np.maximum.accumulate(np.where(fire, t, -1))
         fire_before = np.full(k, -1, dtype=np.int64)
@@ -350,7 +374,7 @@ def lifecycle(
         lp = p[lt]
         opened = last_fire[lt] >= first_t[lt]
         eps.episode[lp] = np.where(opened, s[np.maximum(last_fire[lt], 0)], eps.episode[lp])
-        eps.firing[lp] = above[lt]
+        eps.firing[lp] = state[lt]
         eps.evidence[lp] = span[lt]
 
     # Firing pairs without new data whose evidence has left the longest span.

@@ -99,7 +99,9 @@ class ShareWindows:
     after its end (on the stream clock) a window still accepts events; ``max_window_ms``:
     longest span judged (at least one window; whole windows count); ``numerator_name``/
     ``denominator_name``: keys of the counts in the details; ``lag_quantiles``: events bring
-    lags (:meth:`add`'s ``lag_ms``/``lag_event``) and details carry lag quantiles.
+    lags (:meth:`add`'s ``lag_ms``/``lag_event``) and details carry lag quantiles;
+    ``hysteresis``: an open episode resolves only once the share is at or below
+    ``threshold - hysteresis`` (share points; 0 = back at the threshold).
     """
 
     def __init__(
@@ -116,6 +118,7 @@ class ShareWindows:
         denominator_name: str = "denominator",
         lag_quantiles: bool = False,
         max_window_ms: int = 24 * 3_600_000,
+        hysteresis: float = 0.0,
     ) -> None:
         if alert_type not in ("drift", "freshness"):
             raise ValueError(f"alert_type must be 'drift' or 'freshness', got {alert_type!r}")
@@ -129,6 +132,9 @@ class ShareWindows:
             raise ValueError(f"min_count must be >= 0, got {min_count}")
         if not np.isfinite(threshold):
             raise ValueError(f"threshold must be finite, got {threshold}")
+        if not 0 <= hysteresis < 1:
+            raise ValueError(f"hysteresis must be in [0, 1), got {hysteresis}")
+        self.hysteresis = float(hysteresis)
         self.alert_type = alert_type
         self.metric = metric
         self.window_ms = int(window_ms)
@@ -318,6 +324,7 @@ class ShareWindows:
             window_ms=w,
             k_max=self._k_max,
             s_limit=s_limit,
+            hysteresis=self.hysteresis,
         )
         alerts = self._alerts(hist, transitions)
         first_needed = s_limit + w - (self._k_max - 1) * w
@@ -393,6 +400,7 @@ class ShareWindows:
             "numerator_name": self.numerator_name,
             "denominator_name": self.denominator_name,
             "lag_quantiles": self.lag_quantiles,
+            "hysteresis": self.hysteresis,
         }
 
     def snapshot(self) -> bytes:
@@ -452,7 +460,9 @@ class ShareWindows:
         from the next judgement on, to the history kept so far); the shape of the state
         (type, metric, window length, lags) cannot change.
         """
-        allowed = {"threshold", "min_count", "lateness_ms", "severity", "max_window_ms"}
+        allowed = {
+            "threshold", "min_count", "lateness_ms", "severity", "max_window_ms", "hysteresis"
+        }  # fmt: skip
         if set(overrides) - allowed:
             raise ValueError(f"only {sorted(allowed)} can be overridden on restore")
         state = msgspec.msgpack.decode(data)

@@ -62,6 +62,7 @@ def build_engine_config(
         max_future_skew_ms=int(settings.max_future_skew_s * 1000),
         budget_hysteresis=settings.budget_hysteresis,
         alert_max_window_ms=int(settings.alert_max_window_h * 3_600_000),
+        share_hysteresis=settings.share_hysteresis,
     )
 
 

@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     budget_hysteresis: float = Field(
         0.05, ge=0, lt=1, description="fraction of the limit below a level to resolve its alert"
     )
+    share_hysteresis: float = Field(
+        0.05,
+        ge=0,
+        lt=1,
+        description="share points below the threshold at which a drift/freshness alert resolves",
+    )
     alert_max_window_h: float = Field(
         24.0, gt=0, description="longest span a drift/freshness share is judged over"
     )

@@ -63,6 +63,7 @@ def stream(draw: st.DrawFn) -> dict[str, Any]:
         "lag_event": lag_event,
         "rng": int(rng.integers(0, 2**32)),
         "threshold": draw(st.sampled_from([0.0, 0.1, 0.25, 0.5])),
+        "hysteresis": draw(st.sampled_from([0.0, 0.0, 0.05, 0.2])),
         "min_count": draw(st.sampled_from([0, 1, 3, 6, 10])),
         "lateness": draw(st.sampled_from([0, 10_000, 70_000])),
         "max_windows": draw(st.sampled_from([1, 2, 4, 8])),
@@ -104,6 +105,7 @@ def make(case: dict[str, Any]) -> ShareWindows:
         numerator_name="stale",
         denominator_name="retrieval",
         lag_quantiles=case["lags"],
+        hysteresis=case["hysteresis"],
     )
 
 
@@ -146,6 +148,7 @@ def run_reference(
         min_count=case["min_count"],
         lateness_ms=case["lateness"],
         max_window_ms=case["max_windows"] * WINDOW,
+        hysteresis=case["hysteresis"],
     )
     lags: dict[int, list[int]] = {}
     if case["lags"]:
@@ -313,6 +316,21 @@ def test_b_persisting_drift_fires_once_and_resolves_once() -> None:
     assert resolved.value == 0.02 and resolved.details["reason"] == "below_threshold"
     assert resolved.details["numerator"] == 2 and resolved.details["denominator"] == 100
     assert resolved.emitted_at == ms_to_iso(Q0 + 25 * QUARTER)
+
+
+def test_b_share_hovering_at_the_threshold_does_not_flap_with_hysteresis() -> None:
+    """A share alternating 17 % / 13 % around a 15 % threshold: without hysteresis every
+    window flips the episode; with 0.05 share points it stays one episode."""
+    shares = [17, 13] * 8 + [9]  # then clearly below: 9 % <= 15 % - 5 %
+    for hysteresis, episodes in ((0.0, 8), (0.05, 1)):
+        w = drift(hysteresis=hysteresis)
+        alerts: list[Alert] = []
+        for k, pct in enumerate(shares):
+            alerts += quarters(w, "acme", k, 1, 100, pct)
+        alerts += w.close(Q0 + (len(shares) + 1) * QUARTER)
+        statuses = [a.status for a in alerts]
+        assert statuses.count("firing") == episodes, hysteresis
+        assert statuses.count("resolved") == episodes and statuses[-1] == "resolved"
 
 
 @pytest.mark.parametrize("max_window_ms", [24 * MS_PER_HOUR, 2 * QUARTER])
