@@ -302,7 +302,7 @@ def cmd_loadgen(args: argparse.Namespace, console: Console) -> int:
     from aiokafka.errors import KafkaConnectionError  # noqa: PLC0415
 
     from llmops_stream.stream.dev.loadgen import run_loadgen  # noqa: PLC0415
-    from llmops_stream.stream.kafka.worker import kafka_kwargs  # noqa: PLC0415
+    from llmops_stream.stream.kafka.admin import kafka_kwargs  # noqa: PLC0415
 
     settings = _settings(args)
     if args.rate <= 0:

@@ -30,8 +30,6 @@ Exactly-once, by construction:
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextlib
 import inspect
 import logging
 import sys
@@ -44,10 +42,7 @@ from functools import partial
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
 
 from llmops_stream.stream.clickhouse.sink import ClickHouseSink
 from llmops_stream.stream.core.engine import Engine, EngineConfig
@@ -57,14 +52,14 @@ from llmops_stream.stream.runtime import memory
 from llmops_stream.stream.runtime.metrics import WorkerMetrics
 from llmops_stream.stream.runtime.settings import Settings
 
-from .producer import kafka_security_kwargs
+from .admin import ensure_topics, kafka_kwargs
+from .bookkeeping import Bookkeeping
 from .records import (
     Record,
     alert_records,
     budget_state_records,
     candidate_records,
     dlq_records,
-    output_topics,
 )
 
 log = logging.getLogger("llmops_stream.worker")
@@ -116,38 +111,6 @@ def _offset(record: Any) -> int:
     return int(record.offset)
 
 
-def kafka_kwargs(settings: Settings) -> dict[str, Any]:
-    """aiokafka connection options (bootstrap, TLS, SASL) from settings; secrets stay inside."""
-    return {
-        "bootstrap_servers": settings.kafka_bootstrap_servers,
-        **kafka_security_kwargs(settings),
-    }
-
-
-async def ensure_topics(settings: Settings) -> None:
-    """Create the input and output topics if missing (budget state compacted)."""
-    admin = AIOKafkaAdminClient(**kafka_kwargs(settings))
-    await admin.start()
-    try:
-        wanted = {settings.topic: settings.partitions}
-        for name in output_topics(settings.output_topic_prefix).values():
-            wanted[name] = settings.partitions
-        existing = set(await admin.list_topics())
-        new = []
-        for name, parts in wanted.items():
-            if name in existing:
-                continue
-            configs = {"cleanup.policy": "compact"} if name.endswith("llm.budget.state") else {}
-            new.append(
-                NewTopic(name, num_partitions=parts, replication_factor=1, topic_configs=configs)
-            )
-        if new:
-            with contextlib.suppress(TopicAlreadyExistsError):  # another worker was first
-                await admin.create_topics(new)
-    finally:
-        await admin.close()
-
-
 class _Listener(ConsumerRebalanceListener):  # aiokafka requires this base class
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
@@ -175,6 +138,7 @@ class Worker:
         self.engine_config = engine_config
         self.client = client
         self.db = settings.clickhouse_database
+        self.books = Bookkeeping(client, self.db, settings.group)
         self.metrics = metrics or WorkerMetrics()
         self.runs: dict[TopicPartition, PartitionRun] = {}
         self.consumer: AIOKafkaConsumer | None = None
@@ -311,7 +275,7 @@ class Worker:
         )
         forced = await self._retry(
             "ClickHouse",
-            partial(loop.run_in_executor, self._ch_thread, self._segment_end, tp, committed),
+            partial(loop.run_in_executor, self._ch_thread, self.books.segment_end, tp, committed),
         )
         self.runs[tp] = PartitionRun(
             tp=tp,
@@ -333,63 +297,29 @@ class Worker:
             forced,
         )
 
-    def _segment_end(self, tp: TopicPartition, start: int) -> int | None:
-        """End of the segment claimed at ``start`` of ``tp`` (its first writer's), if any."""
-        rows = self.client.query(
-            f"SELECT end_offset FROM {self.db}.llm_segments WHERE group_id = %(g)s AND "  # noqa: S608 - db name validated in connect()
-            "topic = %(t)s AND partition = %(p)s AND start_offset = %(o)s "
-            "ORDER BY created_at LIMIT 1",
-            parameters={"g": self.s.group, "t": tp.topic, "p": tp.partition, "o": start},
-        ).result_rows
-        return int(rows[0][0]) if rows else None
-
     def _restore(self, tp: TopicPartition, committed: int, beginning: int) -> tuple[Engine, int]:
         """Engine state at the latest checkpoint at or before ``committed``, and its offset.
 
         Without a checkpoint the partition is replayed from its beginning to rebuild state
         (if retention already dropped early events, their budget share is gone too).
         """
-        rows = self.client.query(
-            f"SELECT offset, state FROM {self.db}.llm_engine_state WHERE group_id = %(g)s AND "  # noqa: S608 - db name validated in connect()
-            "topic = %(t)s AND partition = %(p)s AND offset <= %(o)s "
-            "ORDER BY offset DESC LIMIT 1",
-            parameters={"g": self.s.group, "t": tp.topic, "p": tp.partition, "o": committed},
-        ).result_rows
-        if rows:
-            offset, blob = rows[0]
-            engine = Engine.restore(self.engine_config(), base64.b64decode(blob))
-            self._rebuild_dedup(tp, engine)
-            return engine, int(offset)
-        return Engine(self.engine_config()), beginning
-
-    def _rebuild_dedup(self, tp: TopicPartition, engine: Engine) -> None:
-        """Read back the ids the dedup held at the checkpoint: the calls of the partition's
-        offsets it names (checkpoints hold no ids, so their size does not grow with them)."""
+        checkpoint = self.books.latest_checkpoint(tp, committed)
+        if checkpoint is None:
+            return Engine(self.engine_config()), beginning
+        offset, snapshot = checkpoint
+        engine = Engine.restore(self.engine_config(), snapshot)
         span = engine.dedup_rebuild_range(tp.partition)
-        if span is None:
-            return
-        result = self.client.query(
-            f"SELECT tenant_id, event_id, kafka_offset FROM {self.db}.llm_calls "  # noqa: S608 - db name validated in connect()
-            "WHERE source = %(t)s AND kafka_partition = %(p)s "
-            "AND kafka_offset >= %(a)s AND kafka_offset < %(b)s",
-            parameters={"t": tp.topic, "p": tp.partition, "a": span[0], "b": span[1]},
-        )
-        tenants, events, offsets = result.result_columns or ([], [], [])
-        missing = engine.dedup_rebuild(
-            tp.partition,
-            np.asarray(tenants, dtype=object),
-            np.asarray(events, dtype=object),
-            np.asarray(offsets, dtype=np.int64),
-        )
-        if missing:
-            # not expected: checkpoints are written only once their rows are stored
-            log.warning(
-                "dedup of %s[%d]: %d ids of the checkpoint not found in llm_calls; "
-                "their retries would count again",
-                tp.topic,
-                tp.partition,
-                missing,
-            )
+        if span is not None:  # the dedup's ids, read back from the stored calls
+            missing = engine.dedup_rebuild(tp.partition, *self.books.stored_ids(tp, *span))
+            if missing:  # not expected: checkpoints follow the rows they cover
+                log.warning(
+                    "dedup of %s[%d]: %d ids of the checkpoint not found in llm_calls; "
+                    "their retries would count again",
+                    tp.topic,
+                    tp.partition,
+                    missing,
+                )
+        return engine, offset
 
     # ------------------------------------------------------------------ processing
     async def _dispatch(
@@ -568,7 +498,14 @@ class Worker:
             if p.snapshot is not None and p.run.committed == p.end:
                 await self._retry(
                     "ClickHouse",
-                    partial(loop.run_in_executor, self._ch_thread, self._write_state, p),
+                    partial(
+                        loop.run_in_executor,
+                        self._ch_thread,
+                        self.books.write_checkpoint,
+                        p.run.tp,
+                        p.end,
+                        p.snapshot or b"",
+                    ),
                 )
                 p.run.checkpointed = p.end
 
@@ -595,27 +532,12 @@ class Worker:
         tp = p.run.tp
         if not p.claim:
             if p.sink is not None:
-                p.sink.flush(f"timed:{self._slot(tp)}:{p.start}:{now_ms()}")
+                p.sink.flush(f"timed:{self.books.slot(tp)}:{p.start}:{now_ms()}")
             return True
-        seg = f"{self.s.group}:{tp.topic}:{tp.partition}:{p.start}"
-        self.client.insert_arrow(
-            f"{self.db}.llm_segments",
-            pa.table(
-                {
-                    "group_id": [self.s.group],
-                    "topic": [tp.topic],
-                    "partition": pa.array([tp.partition], pa.int32()),
-                    "start_offset": pa.array([p.start], pa.int64()),
-                    "end_offset": pa.array([p.end], pa.int64()),
-                    "created_at": pa.array([now_ms()], pa.int64()).cast(pa.timestamp("ms", "UTC")),
-                }
-            ),
-            settings={"insert_deduplication_token": f"segment:{seg}"},
-        )
-        if self._segment_end(tp, p.start) != p.end:
+        if not self.books.claim(tp, p.start, p.end):
             return False
         if p.sink is not None:
-            p.sink.flush(f"{seg}-{p.end}")
+            p.sink.flush(f"{self.books.slot(tp)}:{p.start}-{p.end}")
         return True
 
     async def _new_producer(self) -> None:
@@ -683,26 +605,6 @@ class Worker:
                     raise  # shutting down during an outage: leave, offsets stay uncommitted
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_S)
-
-    def _write_state(self, p: _Part) -> None:
-        tp = p.run.tp
-        self.client.insert_arrow(
-            f"{self.db}.llm_engine_state",
-            pa.table(
-                {
-                    "group_id": [self.s.group],
-                    "topic": [tp.topic],
-                    "partition": pa.array([tp.partition], pa.int32()),
-                    "offset": pa.array([p.end], pa.int64()),
-                    "state": [base64.b64encode(p.snapshot or b"").decode()],
-                    "created_at": pa.array([now_ms()], pa.int64()).cast(pa.timestamp("ms", "UTC")),
-                }
-            ),
-            settings={"insert_deduplication_token": f"state:{self._slot(tp)}:{p.end}"},
-        )
-
-    def _slot(self, tp: TopicPartition) -> str:
-        return f"{self.s.group}:{tp.topic}:{tp.partition}"
 
     async def _update_lag(self) -> None:
         for tp in self.runs:
