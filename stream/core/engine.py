@@ -32,11 +32,12 @@ from .decode import (
     Rejected,
     decode_batch,
 )
-from .dedup import Deduper, stable_hashes
+from .dedup import Deduper
 from .drift import DriftScorer
 from .evalset import EvalSet
 from .freshness import FreshnessConfig, chunk_staleness, max_age_for
 from .pricing import PriceTable
+from .scoring import score_batch
 from .timeutil import MS_PER_MINUTE, ms_to_iso, now_ms
 from .windows import ShareWindows
 
@@ -189,7 +190,9 @@ class Engine:
         late_before = self.budgets.late_events
         alerts = self.budgets.apply(b.tenant_id, b.ts_ms, at, cost, b.app, b.event_id)
         stats["budget_late"] = self.budgets.late_events - late_before
-        scored, uncovered, centroid_sim, nn_sim, eval_version, candidates = self._drift(b)
+        scored, uncovered, centroid_sim, nn_sim, eval_version, candidates = score_batch(
+            b, self.scorers, self.config.eval_sets, self.config.candidate_share
+        )
         stats["scored"], stats["uncovered"] = int(scored.sum()), int(uncovered.sum())
 
         max_age = max_age_for(self.config.freshness, b.index_version)
@@ -406,64 +409,6 @@ class Engine:
             )
         return b.take(np.flatnonzero(~bad))
 
-    def _drift(
-        self, b: CallBatch
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        """Score embeddings per embedding model; returns per-event columns and candidates."""
-        n = b.n
-        scored = np.zeros(n, dtype=bool)
-        uncovered = np.zeros(n, dtype=bool)
-        centroid = np.full(n, np.nan, dtype=np.float32)
-        nn = np.full(n, np.nan, dtype=np.float32)
-        version = np.full(n, "", dtype=object)
-        parts: list[dict[str, Any]] = []
-        has = b.embedding_nbytes > 0
-        for model, scorer in self.scorers.items() if has.any() else ():
-            rows = np.flatnonzero(has & (b.embedding_model == model))
-            if not rows.size:
-                continue
-            es = self.config.eval_sets[model]
-            mat = np.frombuffer(b"".join([b.embedding[i] for i in rows]), dtype="<f4")  # type: ignore[misc]
-            mat = mat.reshape(len(rows), es.dim)
-            s = scorer.score(mat)
-            scored[rows], uncovered[rows] = s.scored, s.uncovered
-            centroid[rows], nn[rows] = s.centroid_sim, s.nn_sim
-            version[rows] = es.version
-            pick = np.flatnonzero(s.uncovered)
-            if pick.size and self.config.candidate_share > 0:
-                # deterministic sample: the same events are picked after a replay
-                h = stable_hashes(b.tenant_id[rows[pick]], b.event_id[rows[pick]])
-                pick = pick[(h % np.uint64(10_000)) < int(self.config.candidate_share * 10_000)]
-            if pick.size:
-                sel = rows[pick]
-                ids = np.asarray(es.ids, dtype=object)
-                parts.append(
-                    {
-                        "event_id": b.event_id[sel],
-                        "ts": b.ts_ms[sel],
-                        "tenant_id": b.tenant_id[sel],
-                        "app": b.app[sel],
-                        "embedding_model": np.full(sel.size, model, dtype=object),
-                        "eval_set_version": np.full(sel.size, es.version, dtype=object),
-                        "nn_sim": s.nn_sim[pick].astype(np.float32),
-                        "centroid_sim": s.centroid_sim[pick].astype(np.float32),
-                        "nearest_eval_id": ids[np.maximum(s.nn_index[pick], 0)],
-                        "embedding": [row.tolist() for row in mat[pick]],
-                    }
-                )
-        empty = {"ts": np.int64, "nn_sim": np.float32, "centroid_sim": np.float32}
-        columns: dict[str, Any] = {
-            k: (
-                [x for p in parts for x in p[k]]
-                if k == "embedding"
-                else np.concatenate([p[k] for p in parts])
-                if parts
-                else np.zeros(0, dtype=empty.get(k, object))
-            )
-            for k in _CANDIDATE_COLUMNS
-        }
-        return scored, uncovered, centroid, nn, version, columns
-
 
 _POSITION_BITS = 40  # a source position is partition * 2**40 + offset (offsets < ~1.1e12)
 
@@ -505,20 +450,6 @@ def _usage(  # noqa: PLR0917 - the batch, its repeats, and the per-call columns
         lag_ms=lag_ms,
         lag_event=lag_event,
     )
-
-
-_CANDIDATE_COLUMNS = (
-    "event_id",
-    "ts",
-    "tenant_id",
-    "app",
-    "embedding_model",
-    "eval_set_version",
-    "nn_sim",
-    "centroid_sim",
-    "nearest_eval_id",
-    "embedding",
-)
 
 
 def _rejected_columns(

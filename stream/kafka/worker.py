@@ -37,7 +37,6 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -54,6 +53,7 @@ from llmops_stream.stream.runtime.settings import Settings
 
 from .admin import ensure_topics, kafka_kwargs
 from .bookkeeping import Bookkeeping
+from .partition import PartitionRun, _Part
 from .records import (
     Record,
     alert_records,
@@ -65,46 +65,6 @@ from .records import (
 log = logging.getLogger("llmops_stream.worker")
 
 MAX_BACKOFF_S = 10.0
-
-
-@dataclass
-class PartitionRun:
-    """What the worker holds for one owned partition."""
-
-    tp: TopicPartition
-    engine: Engine
-    committed: int  # offsets below were processed and committed in an earlier run
-    seg_start: int  # first offset of the segment being built
-    next_offset: int  # next offset to process
-    forced_end: int | None  # a segment started before a crash must end exactly here
-    sink: ClickHouseSink
-    records: list[Record] = field(default_factory=list)
-    # budget-state columns of every batch since the last flush; turned into one compacted
-    # record per tenant at the flush (a tenant touched by many batches is published once)
-    states: list[dict[str, np.ndarray]] = field(default_factory=list)
-    alert_types: list[str] = field(default_factory=list)
-    checkpointed: int = -1
-    # outputs of time alone (Engine.tick) wait in the buffers: flushed with the next
-    # segment, or on their own when the partition is idle
-    timed: bool = False
-
-    @property
-    def pending(self) -> bool:
-        return self.next_offset > self.seg_start
-
-
-@dataclass
-class _Part:
-    """One partition's share of a flush: the segment [start, end) and what it produced."""
-
-    run: PartitionRun
-    start: int
-    end: int
-    sink: ClickHouseSink | None  # None: nothing new, only a checkpoint is due
-    records: list[Record]
-    alert_types: list[str]
-    snapshot: bytes | None  # engine state as of `end`, when a checkpoint is due
-    claim: bool = True  # False: only outputs of time alone, no offsets (no segment claim)
 
 
 def _offset(record: Any) -> int:
