@@ -47,11 +47,8 @@ class ManualClock:
         self.now_ms = int(ms)
 
 
-@dataclass
 class MemorySource:
     """Call events in memory (dicts are JSON-encoded, bytes kept as they are)."""
-
-    events: list[bytes] = field(default_factory=list)
 
     def __init__(self, events: Iterable[dict[str, Any] | bytes] = ()) -> None:
         self.events = [e if isinstance(e, bytes) else orjson.dumps(e) for e in events]
@@ -95,6 +92,7 @@ class ListSink:
 
 
 def _rows(columns: dict[str, Any]) -> list[dict[str, Any]]:
+    """Columns (one array per field) as one dict per row, plain Python values."""
     if not columns:
         return []
     names = list(columns)
