@@ -1,15 +1,30 @@
 """File replay: JSONL events through the engine into a sink, in micro-batches.
 
-Used by ``replay`` and ``demo``. Positions are (file number, line number); every
-ClickHouse flush is tagged with the line range and a checksum of its bytes, so replaying the
-same file again stores nothing twice.
+Used by ``replay`` and ``demo``. Positions are (file number, line number), blank lines
+included. Replaying the same files again stores nothing twice, whatever the batch size:
+
+* flushes fall at fixed lines: every ``flush_rows`` lines counted from the start of each
+  file (and at its end), and engine batches are cut so that none crosses such a boundary;
+* a flush's insert token names its line range and the file's content up to the range's
+  end: ``replay:{first}-{end}:{digest}``, ``digest`` = BLAKE2b-128 of lines ``[0, end)``
+  (each line ended by one LF, whatever its line ending), hashed as they are read, so
+  stdin works the same as a path, and a file's tokens do not depend on its name or on the
+  files replayed with it;
+* the engine's outputs for a range do not depend on where batches are cut inside it (its
+  clock, budgets, dedup and windows work per event), so a repeated token always stands for
+  the same calls, rejects, alerts and budget states (usage rows may be split differently
+  across batches, with the same sums): ClickHouse drops the repeated insert;
+* the final flush (closed windows, last budget states) is ``replay:final:{digest}`` over
+  the digests of every file, in order.
+
+The tokens depend on ``flush_rows``: replays meant to deduplicate must use the same value.
 """
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import time
-import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -95,6 +110,24 @@ def read_batches(stream: BinaryIO, batch_size: int) -> Iterator[tuple[list[bytes
         yield lines, consumed
 
 
+def flush_ranges(first: int, n: int, every: int) -> list[tuple[int, int]]:
+    """Lines ``[first, first + n)`` cut at the multiples of ``every``: the ``(from, to)``
+    pieces, in order, none crossing a multiple of ``every`` (which is where replay flushes).
+
+    >>> flush_ranges(8, 7, 5)
+    [(8, 10), (10, 15)]
+    """
+    if every < 1:
+        raise ValueError(f"flush boundary every {every} lines: must be >= 1")
+    pieces: list[tuple[int, int]] = []
+    end = first + n
+    while first < end:
+        to = min(end, (first // every + 1) * every)
+        pieces.append((first, to))
+        first = to
+    return pieces
+
+
 def replay(
     sources: list[str],
     engine: Engine,
@@ -106,15 +139,17 @@ def replay(
 ) -> ReplayStats:
     """Replay JSONL ``sources`` (paths, ``-`` = stdin) through ``engine`` into ``sink``.
 
-    ``on_progress(bytes_consumed, events)`` is called after every batch.
+    ``on_progress(bytes_consumed, events)`` is called after every batch. Flushes fall every
+    ``flush_rows`` lines of each file whatever ``batch_size`` (see the module doc).
     """
     result = ReplayStats()
     started = time.perf_counter()
+    whole = hashlib.blake2b(digest_size=16)
     for file_no, src in enumerate(sources):
         name = "stdin" if src == "-" else Path(src).name
         stream = sys.stdin.buffer if src == "-" else open(src, "rb")  # noqa: SIM115
         try:
-            feed(
+            digest = feed(
                 name,
                 file_no,
                 read_batches(stream, batch_size),
@@ -127,7 +162,8 @@ def replay(
         finally:
             if stream is not sys.stdin.buffer:
                 stream.close()
-    finish(engine, sink, result, token="replay:final:" + ",".join(sources))
+        whole.update(digest.encode("ascii") + b"\n")
+    finish(engine, sink, result, token=f"replay:final:{whole.hexdigest()}")
     result.seconds = time.perf_counter() - started
     return result
 
@@ -142,37 +178,51 @@ def feed(  # noqa: PLR0917 - a source's name, number and batches, then where the
     *,
     flush_rows: int,
     on_progress: Callable[[int, int], None] | None = None,
-) -> None:
-    """Process ``(lines, bytes)`` batches of one source; flush to ``sink`` every ``flush_rows``.
+) -> str:
+    """Process ``(lines, bytes)`` batches of one source; flush to ``sink`` every
+    ``flush_rows`` lines, counted from the source's first line.
 
-    Line numbers (blank lines included) are the offsets stored with each call.
+    Batches are cut at those boundaries, so flushes, their tokens and what they hold do
+    not depend on how the caller batched the lines. Line numbers (blank lines included)
+    are the offsets stored with each call; ``name`` is stored as the calls' source.
+    Returns the digest of the whole source (BLAKE2b-128 of its lines, hex).
     """
     line_no = 0
     pending_from = 0
-    crc = 0
-    for lines, consumed in batches:
-        keep = [i for i, line in enumerate(lines) if line.strip()]
-        messages = [lines[i] for i in keep] if len(keep) != len(lines) else lines
-        out = engine.process(
-            messages,
-            source=f"replay:{name}",
-            partitions=np.full(len(messages), file_no, np.int32),
-            offsets=line_no + np.asarray(keep, dtype=np.int64),
-        )
-        line_no += len(lines)
-        result.stats.update(out.stats)
-        result.alerts.update(a.type for a in out.alerts if a.status == "firing")
-        result.alert_statuses.update(a.status for a in out.alerts)
-        if sink is not None:
-            crc = zlib.crc32(b"\n".join(messages), crc)
-            sink.add(out)
-            if sink.rows_buffered >= flush_rows:
-                sink.flush(f"replay:{name}:{pending_from}-{line_no}:{crc:08x}")
-                pending_from, crc = line_no, 0
-        if on_progress is not None:
-            on_progress(consumed, len(messages))
-    if sink is not None:
-        sink.flush(f"replay:{name}:{pending_from}-{line_no}:{crc:08x}")
+    digest = hashlib.blake2b(digest_size=16)
+    for batch, consumed in batches:
+        pieces = flush_ranges(line_no, len(batch), flush_rows)
+        for k, (lo, hi) in enumerate(pieces):
+            lines = batch[lo - line_no : hi - line_no] if len(pieces) > 1 else batch
+            digest.update(b"\n".join(lines))
+            digest.update(b"\n")
+            keep = [i for i, line in enumerate(lines) if line.strip()]
+            messages = [lines[i] for i in keep] if len(keep) != len(lines) else lines
+            out = engine.process(
+                messages,
+                source=f"replay:{name}",
+                partitions=np.full(len(messages), file_no, np.int32),
+                offsets=lo + np.asarray(keep, dtype=np.int64),
+            )
+            result.stats.update(out.stats)
+            result.alerts.update(a.type for a in out.alerts if a.status == "firing")
+            result.alert_statuses.update(a.status for a in out.alerts)
+            if sink is not None:
+                sink.add(out)
+                if hi % flush_rows == 0:
+                    sink.flush(_token(pending_from, hi, digest))
+                    pending_from = hi
+            if on_progress is not None:
+                on_progress(consumed if k == len(pieces) - 1 else 0, len(messages))
+        line_no += len(batch)
+    if sink is not None and line_no > pending_from:
+        sink.flush(_token(pending_from, line_no, digest))
+    return digest.hexdigest()
+
+
+def _token(first: int, end: int, digest: hashlib.blake2b) -> str:
+    """The insert token of lines ``[first, end)``; ``digest`` has hashed lines ``[0, end)``."""
+    return f"replay:{first}-{end}:{digest.hexdigest()}"
 
 
 def finish(engine: Engine, sink: ClickHouseSink | None, result: ReplayStats, token: str) -> None:
