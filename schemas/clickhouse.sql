@@ -168,6 +168,17 @@ SETTINGS non_replicated_deduplication_window = 100000
 -- Worker bookkeeping. A segment is the offset range [start_offset, end_offset) of one
 -- partition written by one flush; it is recorded before the data, so that a flush
 -- interrupted by a crash is redone over exactly the same range (same deduplication tokens).
+--
+-- Bounded by a rollup TTL: on merges, the rows of a partition older than 7 days become one
+-- row (per part), the newest of them (greatest start_offset, its end_offset). A segment row
+-- is read only right after its insert (the claim is read back) and when its partition is
+-- assigned, at the committed offset. At most one segment per partition is claimed and not
+-- committed (flushes never overlap): the one starting at the committed offset, which is
+-- then the partition's newest row. The rollup keeps it however long the partition stays
+-- unowned after a crash (a plain DELETE TTL would drop it: the segment would then be redone
+-- over another range, counting twice the rows the interrupted flush had already written).
+-- Every older row is history, never read. toDateTime(): ClickHouse < 25.7 refuses a
+-- DateTime64 TTL.
 CREATE TABLE IF NOT EXISTS {db}.llm_segments
 (
     group_id        String,
@@ -179,10 +190,23 @@ CREATE TABLE IF NOT EXISTS {db}.llm_segments
 )
 ENGINE = MergeTree
 ORDER BY (group_id, topic, partition, start_offset)
+TTL toDateTime(created_at) + toIntervalDay(7) GROUP BY group_id, topic, partition SET start_offset = max(start_offset), end_offset = argMax(end_offset, start_offset), created_at = max(created_at)
 SETTINGS non_replicated_deduplication_window = 100000
 ;
 -- Engine state (dedup, budgets, windows) of one partition as of `offset` (the next offset
 -- to process), written periodically after the offsets up to there were committed.
+--
+-- Bounded by a rollup TTL: on merges, the checkpoints of a partition older than 1 day
+-- become one row (per part), the newest of them (greatest offset, its state). The worker
+-- reads only the newest checkpoint at or before the committed offset; checkpoints are
+-- written at committed offsets, every checkpoint_interval_s (30 s) while the partition
+-- moves, so that is the partition's newest row, which the rollup keeps however long the
+-- partition stays idle. (A plain DELETE TTL would drop an idle partition's only checkpoint:
+-- the partition would be replayed from the topic's earliest retained offset, and the spend
+-- its open 30d/month budgets owe to events the topic's retention had already dropped would
+-- be lost.) The day of full history (a snapshot can weigh hundreds of KB) serves consumer
+-- offsets reset backwards by up to a day; a reset further back than the rolled-up row
+-- replays from the partition's beginning.
 CREATE TABLE IF NOT EXISTS {db}.llm_engine_state
 (
     group_id        String,
@@ -194,5 +218,15 @@ CREATE TABLE IF NOT EXISTS {db}.llm_engine_state
 )
 ENGINE = MergeTree
 ORDER BY (group_id, topic, partition, offset)
+TTL toDateTime(created_at) + toIntervalDay(1) GROUP BY group_id, topic, partition SET offset = max(offset), state = argMax(state, offset), created_at = max(created_at)
 SETTINGS non_replicated_deduplication_window = 100000
-
+;
+-- The same TTLs for tables created before them (CREATE ... IF NOT EXISTS leaves an existing
+-- table as it is). apply_schema skips an ALTER ... MODIFY TTL when the table already has
+-- exactly this TTL, so keep each one identical to its CREATE's and written the way ClickHouse
+-- prints it (SHOW CREATE TABLE); an ALTER that runs anyway is harmless (idempotent). The
+-- aggregates of a SET take plain columns only: an expression there is accepted by CREATE and
+-- ALTER but makes every later merge of the table fail.
+ALTER TABLE {db}.llm_segments MODIFY TTL toDateTime(created_at) + toIntervalDay(7) GROUP BY group_id, topic, partition SET start_offset = max(start_offset), end_offset = argMax(end_offset, start_offset), created_at = max(created_at)
+;
+ALTER TABLE {db}.llm_engine_state MODIFY TTL toDateTime(created_at) + toIntervalDay(1) GROUP BY group_id, topic, partition SET offset = max(offset), state = argMax(state, offset), created_at = max(created_at)

@@ -92,14 +92,31 @@ def _redact(url: str) -> str:
 
 
 def apply_schema(client: Any, database: str) -> None:
-    """Create the database and every table of ``schemas/clickhouse.sql`` if missing."""
+    """Create the database and every table of ``schemas/clickhouse.sql`` if missing.
+
+    ``ALTER TABLE {db}.t MODIFY TTL expr`` statements (TTLs added after a table was first
+    created) run only when the table does not show exactly ``TTL expr`` already (as
+    ``system.tables.engine_full`` prints it, whitespace aside): a start then changes
+    nothing, not even a ``MATERIALIZE TTL`` mutation on servers that would run one again.
+    """
     client.command(f"CREATE DATABASE IF NOT EXISTS {database}")
+    modify_ttl = re.compile(r"ALTER TABLE \{db\}\.(\w+) MODIFY TTL (.+)", re.S)
     for statement in read_text("clickhouse.sql").split("\n;\n"):
         body = "\n".join(
             line for line in statement.splitlines() if not line.lstrip().startswith("--")
         ).strip()
-        if body:
-            client.command(body.replace("{db}", database))
+        if not body:
+            continue
+        ttl = modify_ttl.fullmatch(body)
+        if ttl is not None:
+            rows = client.query(
+                "SELECT engine_full FROM system.tables WHERE database = %(d)s AND name = %(t)s",
+                parameters={"d": database, "t": ttl.group(1)},
+            ).result_rows
+            want = " TTL " + " ".join(ttl.group(2).split()) + " "
+            if rows and want in " " + " ".join(str(rows[0][0]).split()) + " ":
+                continue
+        client.command(body.replace("{db}", database))
 
 
 def _strings(values: Any) -> pa.Array:

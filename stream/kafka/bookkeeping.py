@@ -8,6 +8,11 @@
 * ``llm_calls``: the ids a checkpoint's dedup held are read back from the stored calls
   (checkpoints hold no ids, so their size does not grow with them).
 
+``llm_segments`` and ``llm_engine_state`` stay bounded by a rollup TTL (see
+``schemas/clickhouse.sql``): a partition's old rows are merged into the newest of them. That
+is the only row read back here long after its insert: the segment claimed at the committed
+offset (never a committed one) and the checkpoint at or before it.
+
 Every call is blocking (clickhouse-connect); the worker runs them on its ClickHouse thread.
 """
 

@@ -4,9 +4,12 @@ Pure functions from :class:`~.engine.BatchOutput` to ``Record`` tuples; the work
 inside its Kafka transaction. Topic names follow SPEC §4, with an optional prefix.
 
 - ``llm.alerts.<type>``: key tenant, value the alert JSON (``alerts.Alert``).
-- ``llm.calls.dlq``: value = the original bytes unchanged; the reason, detail and source
-  position travel in headers (``reason``, ``detail``, ``tenant_id``, ``source_topic``,
-  ``source_partition``, ``source_offset``).
+- ``llm.calls.dlq``: value = the original bytes; the reason, detail and source position
+  travel in headers (``reason``, ``detail``, ``tenant_id``, ``source_topic``,
+  ``source_partition``, ``source_offset``). A record never exceeds ``max_record_bytes``
+  (:data:`DLQ_MAX_RECORD_BYTES` by default): a message too large for that keeps only a
+  prefix of its bytes, with headers ``truncated`` = ``1`` and ``original_size`` (its size in
+  bytes). The whole message is always stored in ClickHouse (``llm_rejected.raw``).
 - ``llm.budget.state`` (compacted): key tenant, value ``{"tenant_id", "status", "as_of",
   "budgets": [...]}`` with every budget of the tenant, so the latest record is complete.
 - ``llm.eval.candidates``: key tenant, value JSON with the embedding as base64 float32.
@@ -32,6 +35,22 @@ ALERT_TOPICS = {t: f"llm.alerts.{t}" for t in ("budget", "drift", "freshness")}
 STATUSES = ("ok", "warn", "exceeded")
 _STATUS_ORDER = {s: i for i, s in enumerate(STATUSES)}
 
+DLQ_MAX_RECORD_BYTES = 1_000_000
+"""Default bound of a DLQ record: value + key + header keys and values, plus
+:data:`DLQ_RECORD_MARGIN`. A rejected message may be as large as the broker accepts (its
+``message.max.bytes``, 1 MiB + 12 B by default), and its headers come on top: sent whole, it
+could exceed the producer's ``max_request_size`` (aiokafka: 1,048,576 by default), fail on
+every retry and block its partition. 1,000,000 leaves room below both defaults; a caller whose
+producer or DLQ topic has a lower limit passes that limit."""
+
+DLQ_RECORD_MARGIN = 512
+"""Bytes kept free within ``max_record_bytes`` for the framing of the record and its batch:
+the batch header (61 B), the record overhead (at most 21 B) and the length varints of the
+key, the value, the header count and each header's name and value (under 40 B for the eight
+headers of a DLQ record): about 120 B in all."""
+
+_DLQ_TRUNCATED = ("truncated", b"1")
+
 
 class Record(NamedTuple):
     """One Kafka record to send."""
@@ -55,27 +74,53 @@ def alert_records(alerts: list[Alert], prefix: str = "") -> list[Record]:
     return [Record(prefix + ALERT_TOPICS[a.type], a.tenant_id.encode(), enc(a), []) for a in alerts]
 
 
-def dlq_records(rejected: dict[str, Any], topic: str, prefix: str = "") -> list[Record]:
-    """DLQ records of a batch's ``rejected`` columns (see ``engine.BatchOutput``)."""
+def dlq_records(
+    rejected: dict[str, Any],
+    topic: str,
+    prefix: str = "",
+    max_record_bytes: int = DLQ_MAX_RECORD_BYTES,
+) -> list[Record]:
+    """DLQ records of a batch's ``rejected`` columns (see ``engine.BatchOutput``).
+
+    Each record stays within ``max_record_bytes`` (value + key + headers +
+    :data:`DLQ_RECORD_MARGIN`): a longer message is cut to the prefix that fits, marked by
+    the headers ``truncated`` and ``original_size``. Raises ``ValueError`` if the key and
+    headers alone do not fit (a limit far below any broker's: the decoder bounds ids and
+    details to a few KB).
+    """
     out = []
     for i, raw in enumerate(rejected["raw"]):
         tenant = rejected["tenant_id"][i]
-        out.append(
-            Record(
-                prefix + DLQ,
-                tenant.encode() if tenant else None,
-                bytes(raw),
-                [
-                    ("reason", rejected["reason"][i].encode()),
-                    ("detail", rejected["detail"][i].encode()),
-                    ("tenant_id", tenant.encode()),
-                    ("source_topic", topic.encode()),
-                    ("source_partition", str(int(rejected["kafka_partition"][i])).encode()),
-                    ("source_offset", str(int(rejected["kafka_offset"][i])).encode()),
-                ],
-            )
-        )
+        key = tenant.encode() if tenant else None
+        value = bytes(raw)
+        headers = [
+            ("reason", rejected["reason"][i].encode()),
+            ("detail", rejected["detail"][i].encode()),
+            ("tenant_id", tenant.encode()),
+            ("source_topic", topic.encode()),
+            ("source_partition", str(int(rejected["kafka_partition"][i])).encode()),
+            ("source_offset", str(int(rejected["kafka_offset"][i])).encode()),
+        ]
+        room = max_record_bytes - DLQ_RECORD_MARGIN - record_size(key, b"", headers)
+        if len(value) > room:
+            headers += [_DLQ_TRUNCATED, ("original_size", str(len(value)).encode())]
+            room = max_record_bytes - DLQ_RECORD_MARGIN - record_size(key, b"", headers)
+            if room < 0:
+                raise ValueError(
+                    f"a DLQ record's key and headers alone exceed max_record_bytes "
+                    f"({max_record_bytes}) less the margin ({DLQ_RECORD_MARGIN})"
+                )
+            value = value[:room]
+        out.append(Record(prefix + DLQ, key, value, headers))
     return out
+
+
+def record_size(key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> int:
+    """Bytes of a record's key, value, header keys (UTF-8) and header values, without the
+    framing (:data:`DLQ_RECORD_MARGIN` covers that)."""
+    return (
+        len(key or b"") + len(value) + sum(len(name.encode()) + len(data) for name, data in headers)
+    )
 
 
 def _iso(ms: np.ndarray) -> np.ndarray:
