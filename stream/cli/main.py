@@ -7,7 +7,6 @@ and exit 2; no tracebacks. Every flag has an env twin (``LLMOPS_…``, see setti
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import tempfile
 import time
@@ -17,6 +16,7 @@ from typing import Any
 
 import orjson
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -28,7 +28,7 @@ from rich.progress import (
 from rich.table import Table
 
 from llmops_stream.stream.core.errors import ConfigError
-from llmops_stream.stream.runtime.logs import setup_logging
+from llmops_stream.stream.runtime.logs import set_log_level, setup_logging
 from llmops_stream.stream.runtime.settings import Settings, load_settings
 
 EXIT_USAGE = 2
@@ -149,20 +149,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    keys = (
-        "clickhouse",
-        "clickhouse_database",
-        "prices",
-        "budgets",
-        "eval_set",
-        "batch_size",
-        "kafka_bootstrap_servers",
-        "group",
-        "topic",
-        "worker_id",
-    )
-    return load_settings({k: getattr(args, k, None) for k in keys})
+# setting → the flag that sets it (the settings a command has no flag for are env-only)
+_FLAGS = {
+    "clickhouse": "--clickhouse",
+    "clickhouse_database": "--database",
+    "prices": "--prices",
+    "budgets": "--budgets",
+    "eval_set": "--eval-set",
+    "batch_size": "--batch-size",
+    "kafka_bootstrap_servers": "--bootstrap-servers",
+    "group": "--group",
+    "topic": "--topic",
+    "worker_id": "--worker-id",
+}
+
+
+def _settings(args: argparse.Namespace, *, log_level: str = "WARNING") -> Settings:
+    """The settings of env and flags (ConfigError listing every problem), with their log
+    level applied; ``log_level`` is the command's level when LLMOPS_LOG_LEVEL is unset."""
+    settings = load_settings({k: getattr(args, k, None) for k in _FLAGS}, _FLAGS)
+    set_log_level(settings.log_level if "log_level" in settings.model_fields_set else log_level)
+    return settings
 
 
 def _progress(console: Console) -> Progress:
@@ -254,8 +261,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from llmops_stream.stream.kafka.worker import Worker  # noqa: PLC0415
     from llmops_stream.stream.runtime.metrics import WorkerMetrics  # noqa: PLC0415
 
-    settings = _settings(args)
-    logging.getLogger("llmops_stream").setLevel(logging.INFO)
+    settings = _settings(args, log_level="INFO")  # the worker says what it does
     from llmops_stream.stream.core.evalset import EvalSetWatcher  # noqa: PLC0415
 
     # files validated before joining the group; the eval set is watched for hot reload
@@ -466,7 +472,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handlers[args.command](args, console)
     except ConfigError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+        Console(stderr=True).print(
+            f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+        )
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130

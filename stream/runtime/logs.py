@@ -7,6 +7,10 @@ unredacted: secrets are ``SecretStr`` and URLs are redacted before logging.
 Client libraries repeat themselves while a service is down (aiokafka logs every failed
 connect, ~200 lines/s with the broker gone): :class:`RepeatFilter` lets the first of a kind
 through and then one per window, carrying how many were held back.
+
+The level (``LLMOPS_LOG_LEVEL``, :func:`set_log_level`) is the project's loggers' level
+(``llmops_stream…``); other libraries log at it too, but never below WARNING: their INFO
+and DEBUG lines would drown the project's.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+PROJECT_LOGGER = "llmops_stream"
 
 
 class JsonFormatter(logging.Formatter):
@@ -50,7 +57,7 @@ class RepeatFilter(logging.Filter):
         self,
         window_s: float = 10.0,
         *,
-        own_prefix: str = "llmops_stream",
+        own_prefix: str = PROJECT_LOGGER,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__()
@@ -77,11 +84,24 @@ class RepeatFilter(logging.Filter):
 
 
 def setup_logging(level: str = "WARNING") -> None:
-    """Route every log record through :class:`JsonFormatter` at ``level`` on stderr, with
-    other libraries' repeats thinned by :class:`RepeatFilter`."""
+    """Route every log record through :class:`JsonFormatter` on stderr, with other
+    libraries' repeats thinned by :class:`RepeatFilter`, at ``level`` (see
+    :func:`set_log_level`)."""
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter())
     handler.addFilter(RepeatFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    set_log_level(level)
+
+
+def set_log_level(level: str) -> None:
+    """The project's loggers log at ``level`` (one of :data:`LOG_LEVELS`, any case); the
+    root logger, hence other libraries, at ``level`` but not below WARNING. ValueError for
+    an unknown level."""
+    name = level.strip().upper()
+    if name not in LOG_LEVELS:
+        raise ValueError(f"unknown log level {level!r}: one of {', '.join(LOG_LEVELS)}")
+    number = logging.getLevelNamesMapping()[name]
+    logging.getLogger(PROJECT_LOGGER).setLevel(number)
+    logging.getLogger().setLevel(max(number, logging.WARNING))

@@ -3,17 +3,42 @@
 Every CLI flag has an env twin: ``--clickhouse`` ↔ ``LLMOPS_CLICKHOUSE``, ``--prices`` ↔
 ``LLMOPS_PRICES``, ``--bootstrap-servers`` ↔ ``LLMOPS_KAFKA_BOOTSTRAP_SERVERS``, … Secrets
 are :class:`pydantic.SecretStr`, so they never appear in logs or reprs.
+
+:func:`load_settings` treats the ``LLMOPS_`` prefix as its own: a variable under it that is
+neither a setting nor in :data:`OTHER_ENV` is a mistake (``LLMOPS_BOOTSTRAP_SERVERS``) and
+an error naming the closest valid name, not silently ignored. Every problem of a bad
+configuration is reported at once.
 """
 
 from __future__ import annotations
 
+import difflib
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from llmops_stream.stream.core.errors import ConfigError
+from llmops_stream.stream.runtime.logs import LOG_LEVELS
+
+ENV_PREFIX = "LLMOPS_"
+
+#: ``LLMOPS_`` variables that are not :class:`Settings` fields but are read elsewhere, so
+#: :func:`load_settings` accepts them. Add a name here when code starts reading one.
+OTHER_ENV: Mapping[str, str] = {
+    # the jar cache of the local Kafka launcher (stream/dev/kafka_fetch.py)
+    "LLMOPS_KAFKA_CACHE": "jar cache of the local Kafka broker (stream/dev)",
+    # reserved for the `agents` command (SPEC §4)
+    "LLMOPS_AGENTS_HOST": "agents: HTTP host",
+    "LLMOPS_AGENTS_PORT": "agents: HTTP port",
+    "LLMOPS_AGENTS_TOKEN": "agents: bearer token",
+    "LLMOPS_WEBHOOKS": "agents: alert-routing file",
+    "LLMOPS_REFRESH_DIR": "agents: eval-set refresh directory",
+}
 
 DEFAULT_CLICKHOUSE = "chdb://~/.local/share/llmops-stream/chdb"
 
@@ -21,7 +46,7 @@ DEFAULT_CLICKHOUSE = "chdb://~/.local/share/llmops-stream/chdb"
 class Settings(BaseSettings):
     """All settings of the engine, the CLI and the worker."""
 
-    model_config = SettingsConfigDict(env_prefix="LLMOPS_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
     clickhouse: str = Field(DEFAULT_CLICKHOUSE, description="chdb://PATH or http(s)://HOST:PORT")
     clickhouse_database: str = "llmops"
@@ -94,17 +119,86 @@ class Settings(BaseSettings):
     )
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(9464, ge=0, le=65535, description="/metrics port, 0 = off")
-    log_level: str = "WARNING"
+    log_level: str = Field(
+        "WARNING", description="DEBUG, INFO, WARNING, ERROR or CRITICAL (any case)"
+    )
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in LOG_LEVELS:
+            raise PydanticCustomError(
+                "log_level",
+                "Input should be one of {levels}, in any case",
+                {"levels": ", ".join(LOG_LEVELS)},
+            )
+        return level
 
 
-def load_settings(overrides: dict[str, Any]) -> Settings:
-    """Settings from env, with non-None ``overrides`` (CLI flags) on top; ConfigError if bad."""
+def env_name(field: str) -> str:
+    """The environment variable of a setting: ``batch_size`` → ``LLMOPS_BATCH_SIZE``."""
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def unknown_env(environ: Mapping[str, str] | None = None) -> list[str]:
+    """One message per ``LLMOPS_…`` variable of ``environ`` (default: the process
+    environment) that is neither a setting nor in :data:`OTHER_ENV`, naming the closest
+    valid variable when one is close. Names are matched case-insensitively, as pydantic
+    reads them."""
+    env = os.environ if environ is None else environ
+    known = {env_name(f) for f in Settings.model_fields} | set(OTHER_ENV)
+    stems = {name.removeprefix(ENV_PREFIX): name for name in known}
+    problems = []
+    for key in sorted(env):
+        upper = key.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in known:
+            continue
+        # compare without the shared prefix, so that it does not make every name look close
+        close = difflib.get_close_matches(upper.removeprefix(ENV_PREFIX), stems, n=1)
+        hint = f" (did you mean {stems[close[0]]}?)" if close else ""
+        problems.append(f"unknown setting {key}{hint}")
+    return problems
+
+
+def _describe(
+    err: Mapping[str, Any], overrides: Mapping[str, Any], flags: Mapping[str, str]
+) -> str:
+    loc = err.get("loc") or ()
+    if not loc:
+        return f"bad configuration: {err['msg']}"
+    name = str(loc[0])
+    field = Settings.model_fields.get(name)
+    secret = field is not None and field.annotation is SecretStr
+    shown = repr(err.get("input"))
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    got = "" if secret else f" (got {shown})"
+    flag = flags.get(name, f"--{name.replace('_', '-')}")
+    where = f"{flag} (env twin {env_name(name)})" if name in overrides else env_name(name)
+    return f"bad setting {where}: {err['msg']}{got}"
+
+
+def load_settings(overrides: Mapping[str, Any], flags: Mapping[str, str] | None = None) -> Settings:
+    """Settings from env, with non-None ``overrides`` (CLI flags) on top.
+
+    Raises :class:`ConfigError` listing every problem: each unknown ``LLMOPS_…`` variable
+    (see :func:`unknown_env`) and each bad value, one line apiece under a summary line (a
+    single problem is just its line). ``flags`` maps a setting to the CLI flag that sets
+    it, where that is not ``--`` plus the setting's name with dashes.
+    """
+    given = {k: v for k, v in overrides.items() if v is not None}
+    problems = unknown_env()
+    settings = None
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+        settings = Settings(**given)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        name = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(
-            f"bad setting {name} (flag --{name.replace('_', '-')} / env LLMOPS_{name.upper()}): "
-            f"{err['msg']}"
-        ) from None
+        problems += [_describe(err, given, flags or {}) for err in exc.errors()]
+    if problems or settings is None:
+        raise ConfigError(_summary(problems))
+    return settings
+
+
+def _summary(problems: list[str]) -> str:
+    if len(problems) == 1:
+        return problems[0]
+    return f"{len(problems)} configuration problems:\n" + "\n".join(f"  - {p}" for p in problems)
