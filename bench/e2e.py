@@ -11,10 +11,21 @@
 3. Worker RSS: the peak over the run, and the RSS right after start-up (chDB opened,
    nothing consumed: chDB's and the runtime's own share).
 
+Scale-out, ``--workers N`` > 1 (SPEC §6): the workers share ClickHouse through the test
+HTTP front (``--clickhouse http`` implied). The events, produced once, are consumed by one
+worker on group ``bench-e2e-1`` (database ``bench_e2e_1``; then stopped), then by N workers
+started together on group ``bench-e2e-N`` (database ``bench_e2e_N``: no row dedupes against
+the first run's), each measured as in 1. (the N-worker run includes the rebalance as they
+join); printed: both rates, their ratio, the core count, each worker's peak RSS. The latency
+phase runs against the N workers. ``events_per_s``/``rss_startup_mib`` are then the one
+worker's, ``rss_mib`` the highest peak of any worker.
+
     python bench/e2e.py [--events 5000000] [--rate 50000] [--seconds 20]
+    python bench/e2e.py --events 1000000 --workers 2 [--rate 20000]
 
 The last line printed is one JSON object:
-{"bench": "e2e", "events_per_s", "alert_p99_ms", "rss_mib", ...}.
+{"bench": "e2e", "events_per_s", "alert_p99_ms", "rss_mib", ...}, with N > 1 also
+"workers", "events_per_s_one", "events_per_s_n", "scale_out_ratio", "cpu_count".
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +57,26 @@ from workers import committed_offsets, end_offsets  # noqa: E402
 
 GROUP = "bench-e2e"
 TOPIC = "bench.llm.calls"
+PREFIX = "bench."
 BUDGETS = {  # small per-tenant limits: every tenant crosses its levels again and again
     "default": [
         {"id": "hourly", "limit_usd": 0.5, "window": "1h", "soft": [0.5, 0.8], "hard": 1.0},
         {"id": "daily", "limit_usd": 5.0, "window": "day", "soft": [0.5, 0.8], "hard": 1.0},
     ]
 }
+
+
+@dataclass
+class Consumed:
+    """One run of workers through the backlog."""
+
+    events: int  # committed at the end
+    rate: float  # sustained events/s, first commit to last
+    startup_mib: float  # the first worker's RSS once it owned partitions
+    peaks_mib: list[float]  # per worker
+
+
+Procs = list[subprocess.Popen[bytes]]
 
 
 def rss_mib(pid: int) -> float:
@@ -69,15 +95,104 @@ def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     )
 
 
-def wait_for(pred: Any, timeout_s: float, what: str, proc: subprocess.Popen[bytes]) -> None:
+def stop_workers(procs: Procs) -> None:
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        proc.wait(120)
+
+
+def wait_for(pred: Any, timeout_s: float, what: str, procs: Procs) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
+        if any(proc.poll() is not None for proc in procs):
             raise RuntimeError(f"worker exited while waiting for {what}")
         if pred():
             return
         time.sleep(0.2)
     raise TimeoutError(what)
+
+
+def produce_backlog(bootstrap: str, events: int, tenants: int) -> int:
+    t = time.perf_counter()
+    produced = asyncio.run(
+        run_loadgen(
+            bootstrap,
+            topic=TOPIC,
+            rate=math.inf,
+            n_events=events,
+            seed=1,
+            n_tenants=tenants,
+            embedding_share=0.0,
+        )
+    )
+    print(
+        f"produced {produced.sent:,} events in {time.perf_counter() - t:.1f} s "
+        f"({produced.achieved_rate:,.0f}/s)",
+        flush=True,
+    )
+    return produced.sent
+
+
+def run_workers(
+    env: dict[str, str], logs: list[Path], started: Procs, total: int
+) -> tuple[Procs, Consumed]:
+    """One worker per log on ``env``'s group; sample the group's committed offsets (and
+    the workers' RSS) until all ``total`` events are committed. The workers stay up."""
+    procs = [start_worker(env, log) for log in logs]
+    started.extend(procs)
+    wait_for(lambda: any(b"assigned " in p.read_bytes() for p in logs), 120, "assignment", procs)
+    startup = rss_mib(procs[0].pid)
+    peaks = [rss_mib(proc.pid) for proc in procs]
+    samples: list[tuple[float, int]] = []
+    deadline = time.monotonic() + 3600
+    while time.monotonic() < deadline:
+        offsets = committed_offsets(
+            env["LLMOPS_KAFKA_BOOTSTRAP_SERVERS"], env["LLMOPS_GROUP"], TOPIC
+        )
+        done = sum(asyncio.run(offsets).values())
+        samples.append((time.monotonic(), done))
+        peaks = [max(peak, rss_mib(proc.pid)) for peak, proc in zip(peaks, procs, strict=True)]
+        if done >= total:
+            break
+        if any(proc.poll() is not None for proc in procs):
+            raise RuntimeError(
+                "worker died:\n" + "\n".join(p.read_text(errors="replace")[-3000:] for p in logs)
+            )
+        time.sleep(0.5)
+    first = next(i for i, (_, n) in enumerate(samples) if n > 0)
+    (t0, n0), (t1, n1) = samples[max(0, first - 1)], samples[-1]
+    return procs, Consumed(n1, (n1 - n0) / (t1 - t0), startup, peaks)
+
+
+def print_run(label: str, res: Consumed) -> None:
+    rss = (
+        f"RSS after start-up {res.startup_mib:.0f} MiB, peak {res.peaks_mib[0]:.0f} MiB"
+        if len(res.peaks_mib) == 1
+        else "peak RSS " + ", ".join(f"{p:.0f}" for p in res.peaks_mib) + " MiB"
+    )
+    print(
+        f"{label}: {res.events:,} events committed; sustained {res.rate:,.0f} events/s; {rss}",
+        flush=True,
+    )
+
+
+def scale_out(
+    env: dict[str, str], n: int, tmp: Path, started: Procs, total: int
+) -> tuple[Procs, Consumed, Consumed]:
+    """One worker (then stopped), then ``n`` workers, each on its own group and database."""
+    runs = {}
+    for count in (1, n):
+        group = f"{GROUP}-{count}"
+        env_run = env | {"LLMOPS_GROUP": group, "LLMOPS_CLICKHOUSE_DATABASE": f"bench_e2e_{count}"}
+        logs = [tmp / f"{group}-{i}.log" for i in range(count)]
+        procs, runs[count] = run_workers(env_run, logs, started, total)
+        print_run(f"{count} worker" + "s" * (count > 1), runs[count])
+        if count == 1:
+            stop_workers(procs)
+    ratio = runs[n].rate / runs[1].rate
+    print(f"scale-out: {n} workers / 1 worker = {ratio:.2f} on {os.cpu_count()} cores", flush=True)
+    return procs, runs[1], runs[n]
 
 
 async def latency_phase(
@@ -151,7 +266,7 @@ async def latency_phase(
     return latencies, stats.achieved_rate
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--events", type=int, default=5_000_000)
     ap.add_argument("--partitions", type=int, default=4)
@@ -159,20 +274,36 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=20.0, help="latency phase length")
     ap.add_argument("--tenants", type=int, default=2000, help="tenants in the traffic")
     ap.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="N > 1: measure one worker, then N workers on another group, and their ratio",
+    )
+    ap.add_argument(
         "--clickhouse",
         choices=("chdb", "http"),
-        default="chdb",
-        help="chdb: embedded in the worker (its memory counts in the worker's RSS); http: "
-        "the test HTTP front over chDB in another process, so the worker's RSS is its own",
+        help="chdb (default with one worker): embedded in the worker (its memory counts in "
+        "the worker's RSS); http (implied by --workers > 1): the test HTTP front over chDB "
+        "in another process, so the worker's RSS is its own",
     )
     args = ap.parse_args()
+    if args.workers < 1:
+        ap.error("--workers must be at least 1")
+    if args.workers > 1 and args.clickhouse == "chdb":
+        ap.error("--workers > 1 needs one ClickHouse shared by the workers: use --clickhouse http")
+    args.clickhouse = args.clickhouse or ("http" if args.workers > 1 else "chdb")
+    return args
 
+
+def main() -> int:
+    args = parse_args()
+    n = args.workers
     tmp = Path(tempfile.mkdtemp(prefix="llmops-e2e-"))
     budgets = tmp / "budgets.json"
     budgets.write_text(json.dumps(BUDGETS))
     broker = KafkaBroker(data_dir=tmp / "kafka", heap="1g")
     broker.start()
-    proc: subprocess.Popen[bytes] | None = None
+    started: Procs = []
     front = None
     try:
         clickhouse_url = f"chdb://{tmp / 'ch'}"
@@ -183,66 +314,32 @@ def main() -> int:
             clickhouse_url = front.url
         bootstrap = broker.bootstrap_servers
         broker.create_topics({TOPIC: args.partitions})
-        t = time.perf_counter()
-        produced = asyncio.run(
-            run_loadgen(
-                bootstrap,
-                topic=TOPIC,
-                rate=math.inf,
-                n_events=args.events,
-                seed=1,
-                n_tenants=args.tenants,
-                embedding_share=0.0,
-            )
-        )
-        print(
-            f"produced {produced.sent:,} events in {time.perf_counter() - t:.1f} s "
-            f"({produced.achieved_rate:,.0f}/s)",
-            flush=True,
-        )
-
-        prefix = "bench."
+        total = produce_backlog(bootstrap, args.events, args.tenants)
         env = {
             **os.environ,
             "LLMOPS_CLICKHOUSE": clickhouse_url,
             "LLMOPS_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
             "LLMOPS_TOPIC": TOPIC,
             "LLMOPS_GROUP": GROUP,
-            "LLMOPS_OUTPUT_TOPIC_PREFIX": prefix,
+            "LLMOPS_OUTPUT_TOPIC_PREFIX": PREFIX,
             "LLMOPS_PARTITIONS": str(args.partitions),
             "LLMOPS_BUDGETS": str(budgets),
             "LLMOPS_METRICS_PORT": "0",
             "OPENBLAS_NUM_THREADS": "1",
         }
-        log = tmp / "worker.log"
-        proc = start_worker(env, log)
-        wait_for(lambda: b"assigned " in log.read_bytes(), 120, "assignment", proc)
-        baseline = rss_mib(proc.pid)
-        peak = baseline
-        samples: list[tuple[float, int]] = []
-        deadline = time.monotonic() + 3600
-        while time.monotonic() < deadline:
-            done = sum(asyncio.run(committed_offsets(bootstrap, GROUP, TOPIC)).values())
-            samples.append((time.monotonic(), done))
-            peak = max(peak, rss_mib(proc.pid))
-            if done >= produced.sent:
-                break
-            if proc.poll() is not None:
-                raise RuntimeError("worker died:\n" + log.read_text()[-3000:])
-            time.sleep(0.5)
-        first = next(i for i, (_, n) in enumerate(samples) if n > 0)
-        (t0, n0), (t1, n1) = samples[max(0, first - 1)], samples[-1]
-        rate = (n1 - n0) / (t1 - t0)
-        print(
-            f"worker: {n1:,} events committed; sustained {rate:,.0f} events/s; "
-            f"RSS after start-up {baseline:.0f} MiB, peak {peak:.0f} MiB",
-            flush=True,
-        )
+        if n == 1:
+            procs, one = run_workers(env, [tmp / "worker.log"], started, total)
+            print_run("worker", one)
+            last = one
+        else:
+            procs, one, last = scale_out(env, n, tmp, started, total)
 
         latencies, achieved = asyncio.run(
-            latency_phase(bootstrap, args.partitions, args.rate, args.seconds, prefix)
+            latency_phase(bootstrap, args.partitions, args.rate, args.seconds, PREFIX)
         )
-        peak = max(peak, rss_mib(proc.pid))
+        last.peaks_mib = [
+            max(p, rss_mib(q.pid)) for p, q in zip(last.peaks_mib, procs, strict=True)
+        ]
         lat = np.array(latencies) if latencies else np.array([np.nan])
         p50, p99 = float(np.percentile(lat, 50)), float(np.percentile(lat, 99))
         print(
@@ -250,30 +347,35 @@ def main() -> int:
             f"p50 {p50:.0f} ms, p99 {p99:.0f} ms, max {float(lat.max()):.0f} ms",
             flush=True,
         )
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(120)
+        stop_workers(procs)
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.kill()
+        for proc in started:
+            if proc.poll() is None:
+                proc.kill()
         if front is not None:
             front.stop()
         broker.stop()
-    print(
-        json.dumps(
-            {
-                "bench": "e2e",
-                "events_per_s": round(rate),
-                "alert_p50_ms": round(p50, 1),
-                "alert_p99_ms": round(p99, 1),
-                "alert_rate_events_per_s": round(achieved),
-                "rss_mib": round(peak),
-                "rss_startup_mib": round(baseline),
-                "events": n1,
-                "tenants": args.tenants,
-                "clickhouse": args.clickhouse,
-            }
-        )
-    )
+    summary: dict[str, Any] = {
+        "bench": "e2e",
+        "events_per_s": round(one.rate),
+        "alert_p50_ms": round(p50, 1),
+        "alert_p99_ms": round(p99, 1),
+        "alert_rate_events_per_s": round(achieved),
+        "rss_mib": round(max(one.peaks_mib + last.peaks_mib)),
+        "rss_startup_mib": round(one.startup_mib),
+        "events": last.events,
+        "tenants": args.tenants,
+        "clickhouse": args.clickhouse,
+    }
+    if n > 1:
+        summary |= {
+            "workers": n,
+            "events_per_s_one": round(one.rate),
+            "events_per_s_n": round(last.rate),
+            "scale_out_ratio": round(last.rate / one.rate, 3),
+            "cpu_count": os.cpu_count(),
+        }
+    print(json.dumps(summary))
     return 0
 
 

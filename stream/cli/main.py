@@ -112,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="the Kafka worker: consume llm.calls, write ClickHouse, publish alerts",
         description="Consume call events from Kafka as a consumer-group member, process them "
         "and write ClickHouse and the alert/state/DLQ topics, exactly once. Scale out by "
-        "starting more workers with the same --group (and distinct --worker-id). Health on "
+        "starting more workers with the same settings and --group (replicas need no distinct "
+        "id: Kafka transactions are fenced per input partition). Health on "
         "http://127.0.0.1:9464/metrics (LLMOPS_METRICS_PORT, 0 = off).",
     )
     _add_engine_flags(run)
@@ -122,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--worker-id",
         dest="worker_id",
-        help="stable id of this worker slot, unique in the group (env LLMOPS_WORKER_ID)",
+        help="a name for this worker in its logs; replicas may share it (env LLMOPS_WORKER_ID)",
     )
 
     load = sub.add_parser(
@@ -292,8 +293,12 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 
     from aiokafka.errors import KafkaConnectionError  # noqa: PLC0415
 
+    from llmops_stream.stream.kafka.transactions import FatalKafkaError  # noqa: PLC0415
+
     try:
         asyncio.run(main())
+    except FatalKafkaError as exc:
+        raise ConfigError(str(exc)) from None
     except KafkaConnectionError as exc:
         raise ConfigError(
             f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {exc}"

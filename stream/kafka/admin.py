@@ -13,6 +13,9 @@ from llmops_stream.stream.runtime.settings import Settings
 from .producer import kafka_security_kwargs
 from .records import output_topics
 
+MAX_MESSAGE_BYTES = 1_048_588
+"""``max.message.bytes`` of the topics the worker creates (Kafka's default, set on purpose)."""
+
 
 def kafka_kwargs(settings: Settings) -> dict[str, Any]:
     """aiokafka connection options (bootstrap, TLS, SASL) from settings; secrets stay inside."""
@@ -35,7 +38,11 @@ async def ensure_topics(settings: Settings) -> None:
         for name, parts in wanted.items():
             if name in existing:
                 continue
-            configs = {"cleanup.policy": "compact"} if name.endswith("llm.budget.state") else {}
+            # set on purpose: Kafka's default, which the producer's request limit
+            # (transactions.MAX_REQUEST_SIZE) and the DLQ cap (records) stay under
+            configs = {"max.message.bytes": str(MAX_MESSAGE_BYTES)}
+            if name.endswith("llm.budget.state"):
+                configs["cleanup.policy"] = "compact"
             new.append(
                 NewTopic(name, num_partitions=parts, replication_factor=1, topic_configs=configs)
             )

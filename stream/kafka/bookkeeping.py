@@ -19,6 +19,7 @@ Every call is blocking (clickhouse-connect); the worker runs them on its ClickHo
 from __future__ import annotations
 
 import base64
+import zlib
 from typing import Any
 
 import numpy as np
@@ -78,7 +79,7 @@ class Bookkeeping:
         rows = self.client.query(
             f"SELECT offset, state FROM {self.db}.llm_engine_state WHERE group_id = %(g)s AND "  # noqa: S608 - db name validated in connect()
             "topic = %(t)s AND partition = %(p)s AND offset <= %(o)s "
-            "ORDER BY offset DESC LIMIT 1",
+            "ORDER BY offset DESC, created_at DESC LIMIT 1",
             parameters={"g": self.group, "t": tp.topic, "p": tp.partition, "o": committed},
         ).result_rows
         if not rows:
@@ -100,7 +101,13 @@ class Bookkeeping:
                     "created_at": _ms_now(),
                 }
             ),  # fmt: skip
-            settings={"insert_deduplication_token": f"state:{self.slot(tp)}:{offset}"},
+            # the state's checksum too: time alone can change the state at one offset (an
+            # idle partition's clock), and that newer checkpoint must not be dropped
+            settings={
+                "insert_deduplication_token": (
+                    f"state:{self.slot(tp)}:{offset}:{zlib.crc32(snapshot):08x}"
+                )
+            },
         )
 
     def stored_ids(

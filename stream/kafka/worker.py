@@ -6,10 +6,15 @@ Exactly-once, by construction:
   keyed by tenant, so a tenant's state lives with its partition and follows it on rebalance.
 * A **flush** writes, per partition, the offset range ``[start, end)`` processed since the
   last one (a *segment*): first the segment itself (``llm_segments``), then the rows, each
-  insert with a token naming the segment; then, in **one Kafka transaction**, the alerts,
-  DLQ records, budget states and eval candidates of the segment together with the consumer
-  offsets (``send_offsets_to_transaction``). Nothing is visible to ``read_committed``
-  consumers, and no offset moves, before ClickHouse holds the rows.
+  insert with a token naming the segment; then, in **one Kafka transaction of that
+  partition** (:mod:`.transactions`: one producer per input partition, transactional id
+  ``group.topic.partition``), the alerts, DLQ records, budget states and eval candidates of
+  the segment together with the partition's consumer offset. Nothing is visible to
+  ``read_committed`` consumers, and no offset moves, before ClickHouse holds the rows.
+* Taking a partition over starts its producer first, which **fences** the previous owner
+  per partition: an owner the group replaced but that still runs can neither publish nor
+  commit for it (its commit fails ``ProducerFenced``; it drops the partition). Workers
+  started from the same settings share no transactional id, so they never fence each other.
 * After a crash the partition restarts from its committed offset with the engine state
   restored from the latest checkpoint (``llm_engine_state``, written every
   ``checkpoint_interval_s`` at a committed offset; events between it and the committed
@@ -24,7 +29,8 @@ Exactly-once, by construction:
   for it, commits nothing for it, and takes the partition up again from its committed
   offset, following the claimed segment. Rows are never counted twice, even then.
 * ClickHouse down: the flush retries with backoff and nothing is consumed meanwhile
-  (backpressure). SIGTERM: a last flush and checkpoint, then exit.
+  (backpressure). An error retrying cannot fix (message size, authorization) stops the
+  worker with a one-line message instead. SIGTERM: a last flush and checkpoint, then exit.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ from functools import partial
 from typing import Any
 
 import numpy as np
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from llmops_stream.stream.clickhouse.sink import ClickHouseSink
 from llmops_stream.stream.core.engine import Engine, EngineConfig
@@ -61,6 +67,7 @@ from .records import (
     candidate_records,
     dlq_records,
 )
+from .transactions import FatalKafkaError, Fenced, PartitionProducers
 
 log = logging.getLogger("llmops_stream.worker")
 
@@ -102,11 +109,14 @@ class Worker:
         self.metrics = metrics or WorkerMetrics()
         self.runs: dict[TopicPartition, PartitionRun] = {}
         self.consumer: AIOKafkaConsumer | None = None
-        self.producer: AIOKafkaProducer | None = None
+        self.producers = PartitionProducers(
+            kafka_kwargs(settings),
+            settings.group,
+            transaction_timeout_ms=settings.kafka_transaction_timeout_ms,
+        )
         self._stop: asyncio.Event | None = None
         self._last_flush = time.monotonic()
         self._last_checkpoint = time.monotonic()
-        self._producer_broken = False
         self._flush_lock = asyncio.Lock()
         self._watcher = eval_watcher
         self._last_reload_check = time.monotonic()
@@ -121,12 +131,6 @@ class Worker:
             raise RuntimeError("worker not started")
         return self.consumer
 
-    @property
-    def _producer(self) -> AIOKafkaProducer:
-        if self.producer is None:
-            raise RuntimeError("worker not started")
-        return self.producer
-
     # ------------------------------------------------------------------ lifecycle
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set, then flush, checkpoint and leave the group."""
@@ -138,7 +142,6 @@ class Worker:
         sys.setswitchinterval(0.0005)
         kw = kafka_kwargs(self.s)
         await ensure_topics(self.s)
-        await self._new_producer()
         self.consumer = AIOKafkaConsumer(
             **kw,
             group_id=self.s.group,
@@ -173,7 +176,7 @@ class Worker:
             await self.flush(wait=True, checkpoint=True)
         finally:
             await self._consumer.stop()
-            await self._producer.stop()
+            await self.producers.close_all()
 
     def _reload_eval_sets(self) -> None:
         """Hot reload: a changed eval-set file (content hash) replaces the sets of every
@@ -209,6 +212,7 @@ class Worker:
             await self.flush(wait=True, checkpoint=True)
         for tp in revoked:
             self.runs.pop(tp, None)
+            await self.producers.close(tp)
         self.metrics.assigned.set(len(self.runs))
 
     async def on_assigned(self, assigned: list[TopicPartition]) -> None:
@@ -224,6 +228,9 @@ class Worker:
         """Start (or restart) the run of ``tp``: engine state from the latest checkpoint at
         or before the committed offset, and the segment that must be redone, if any."""
         loop = asyncio.get_running_loop()
+        # fence the previous owner first: after this, it can neither publish nor commit for
+        # tp, so the committed offset read below is final
+        await self._retry("Kafka", partial(self.producers.open, tp), clickhouse=False)
         beginning = (await self._consumer.beginning_offsets([tp]))[tp]
         committed = await self._consumer.committed(tp)
         committed = beginning if committed is None else max(committed, beginning)
@@ -405,8 +412,10 @@ class Worker:
                         sink=run.sink if ready or timed else None,
                         records=run.records + self._state_records(run) if ready or timed else [],
                         alert_types=run.alert_types if ready or timed else [],
-                        # the state as of `end`, i.e. after everything this flush commits
-                        snapshot=run.engine.snapshot() if due else None,
+                        # the state as of `end`, i.e. after everything this flush commits;
+                        # after outputs of time alone, always: a restart from an older
+                        # checkpoint would send them again
+                        snapshot=run.engine.snapshot() if due or timed else None,
                         claim=ready,
                     )
                 )
@@ -449,9 +458,9 @@ class Worker:
             else:
                 await self._retake(p)
         if segments:
-            await self._retry("Kafka", partial(self._commit, segments), clickhouse=False)
-            for p in segments:
-                p.run.committed = p.end
+            # one transaction per partition, concurrently: a partition's failure or fencing
+            # does not stop the others' commits
+            await asyncio.gather(*(self._commit(p) for p in segments))
             self.metrics.record_flush(time.perf_counter() - started)
             memory.trim()
         for p in parts:
@@ -500,47 +509,23 @@ class Worker:
             p.sink.flush(f"{self.books.slot(tp)}:{p.start}-{p.end}")
         return True
 
-    async def _new_producer(self) -> None:
-        """(Re)start the transactional producer; the same id fences and aborts any older
-        incarnation's open transaction (e.g. after a crash or a failed commit)."""
-        if self.producer is not None:
-            try:
-                await self.producer.stop()
-            except Exception as exc:  # a broken producer may fail to stop; replace it anyway
-                log.warning("stopping the old producer failed: %s", exc)
-        self.producer = AIOKafkaProducer(
-            **kafka_kwargs(self.s),
-            transactional_id=f"{self.s.group}.{self.s.topic}.{self.s.worker_id}",
-            enable_idempotence=True,
-            acks="all",
-            linger_ms=5,
-            # a transaction left open by a killed worker blocks read_committed readers of
-            # the alert topics until the broker aborts it: keep that short
-            transaction_timeout_ms=self.s.kafka_transaction_timeout_ms,
-        )
-        await self.producer.start()
-
-    async def _commit(self, parts: list[_Part]) -> None:
-        if self._producer_broken:
-            await self._new_producer()
-            self._producer_broken = False
-        self._producer_broken = True  # until the transaction commits
-        async with self._producer.transaction():
-            futures = [
-                await self._producer.send(
-                    rec.topic, value=rec.value, key=rec.key, headers=rec.headers
-                )
-                for p in parts
-                for rec in p.records
-            ]
-            if futures:
-                await asyncio.gather(*futures)
-            await self._producer.send_offsets_to_transaction(
-                {p.run.tp: p.end for p in parts}, self.s.group
+    async def _commit(self, p: _Part) -> None:
+        """Publish ``p``'s records with its offset in its partition's transaction. Fenced:
+        the group gave the partition to another worker; its run is dropped (what it wrote to
+        ClickHouse is claimed, so the new owner redoes that segment without a double)."""
+        tp = p.run.tp
+        try:
+            await self._retry(
+                "Kafka", partial(self.producers.commit, tp, p.records, p.end), clickhouse=False
             )
-        self._producer_broken = False
-        for p in parts:
-            self.metrics.record_alerts(p.alert_types)
+        except Fenced as exc:
+            self.metrics.segments_lost.inc()
+            log.warning("%s; dropping it (its outputs were not published)", exc)
+            if self.runs.get(tp) is p.run:
+                del self.runs[tp]
+            return
+        p.run.committed = p.end
+        self.metrics.record_alerts(p.alert_types)
 
     async def _retry(self, what: str, fn: Callable[[], Any], *, clickhouse: bool = True) -> Any:
         """Run ``fn`` (sync or async) until it succeeds, and return its result; back off while
@@ -552,6 +537,8 @@ class Worker:
                 if inspect.isawaitable(result):
                     result = await result
                 return result
+            except (Fenced, FatalKafkaError):
+                raise  # retrying cannot help: the caller decides
             except Exception as exc:  # any failure of the service: retry, never drop data
                 (self.metrics.ch_errors if clickhouse else self.metrics.kafka_errors).inc()
                 log.warning(

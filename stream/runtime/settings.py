@@ -115,7 +115,9 @@ class Settings(BaseSettings):
     flush_interval_ms: int = Field(500, ge=10, description="max time between ClickHouse flushes")
     checkpoint_interval_s: float = Field(30.0, gt=0, description="engine state checkpoint period")
     worker_id: str = Field(
-        "worker-0", description="stable id of this worker slot (names its Kafka transactions)"
+        "worker-0",
+        description="a name for this worker in its logs; replicas may share it (Kafka "
+        "transactions are named per input partition, not per worker)",
     )
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(9464, ge=0, le=65535, description="/metrics port, 0 = off")

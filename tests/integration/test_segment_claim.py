@@ -72,7 +72,12 @@ def test_second_claim_of_a_start_writes_nothing_and_retakes_the_partition(
         client = connect(front.url, DB)
         apply_schema(client, DB)
         config = EngineConfig(prices=PriceTable())
-        settings = Settings(group=group, topic=topic, clickhouse_database=DB)
+        settings = Settings(
+            group=group,
+            topic=topic,
+            clickhouse_database=DB,
+            kafka_bootstrap_servers=kafka_broker.bootstrap_servers,
+        )
         first = Worker(settings, lambda: config, client)
         second = Worker(settings, lambda: config, connect(front.url, DB))
 
@@ -102,6 +107,7 @@ def test_second_claim_of_a_start_writes_nothing_and_retakes_the_partition(
                 return second.runs[tp]
             finally:
                 await consumer.stop()
+                await second.producers.close_all()  # taking tp up again started one
 
         retaken = asyncio.run(second_flush())
         assert calls_by_offset(client) == stored, "rows of a lost claim were written"

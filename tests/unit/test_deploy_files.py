@@ -154,6 +154,15 @@ def test_dependencies_exist_and_wait_for_readiness(services: dict[str, Any]) -> 
     )
 
 
+def test_two_worker_replicas_of_one_configuration(services: dict[str, Any]) -> None:
+    worker = services["worker"]
+    assert worker["deploy"]["replicas"] == 2
+    # one published /metrics port per replica, on loopback
+    [port] = worker["ports"]
+    assert port == "127.0.0.1:9464-9465:9464"
+    assert "container_name" not in worker  # a fixed name would stop the second replica
+
+
 def test_worker_command_and_environment(services: dict[str, Any]) -> None:
     worker = services["worker"]
     assert worker["build"]["context"] == "."
