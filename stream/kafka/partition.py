@@ -51,3 +51,4 @@ class _Part:
     alert_types: list[str]
     snapshot: bytes | None  # engine state as of `end`, when a checkpoint is due
     claim: bool = True  # False: only outputs of time alone, no offsets (no segment claim)
+    attempts: int = 0  # Kafka commits tried

@@ -515,9 +515,7 @@ class Worker:
         ClickHouse is claimed, so the new owner redoes that segment without a double)."""
         tp = p.run.tp
         try:
-            await self._retry(
-                "Kafka", partial(self.producers.commit, tp, p.records, p.end), clickhouse=False
-            )
+            await self._retry("Kafka", partial(self._commit_once, p), clickhouse=False)
         except Fenced as exc:
             self.metrics.segments_lost.inc()
             log.warning("%s; dropping it (its outputs were not published)", exc)
@@ -526,6 +524,20 @@ class Worker:
             return
         p.run.committed = p.end
         self.metrics.record_alerts(p.alert_types)
+
+    async def _commit_once(self, p: _Part) -> None:
+        """One attempt of :meth:`_commit`. A failed attempt can still have committed (a
+        commit request that timed out on our side after the coordinator took it): before
+        a retry, the group's committed offset tells, so a segment is never sent twice."""
+        tp = p.run.tp
+        if p.attempts and p.end > p.start:
+            committed = await self._consumer.committed(tp)
+            if committed is not None and committed >= p.end:
+                log.warning("%s[%d]: the failed commit of [%d, %d) had gone through",
+                            tp.topic, tp.partition, p.start, p.end)  # fmt: skip
+                return
+        p.attempts += 1
+        await self.producers.commit(tp, p.records, p.end)
 
     async def _retry(self, what: str, fn: Callable[[], Any], *, clickhouse: bool = True) -> Any:
         """Run ``fn`` (sync or async) until it succeeds, and return its result; back off while
