@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import (
@@ -168,7 +168,9 @@ class PartitionProducers:
         except BaseException as exc:
             for f in futures:  # the aborted sends' errors are this one: do not log them again
                 f.add_done_callback(_retrieve)
-            outcome = classify(exc, tp)
+            # after a fatal error (being fenced is one) aiokafka answers every later call
+            # with IllegalOperation; the cause is what decides
+            outcome = classify(_fatal_cause(producer) or exc, tp)
             if isinstance(outcome, Fenced):
                 await self.close(tp)
             elif not isinstance(outcome, FatalKafkaError):
@@ -179,6 +181,20 @@ class PartitionProducers:
             if outcome is exc:
                 raise
             raise outcome from exc
+
+
+def _fatal_cause(producer: AIOKafkaProducer) -> BaseException | None:
+    """The error that put ``producer``'s transactions in their fatal state, if they are.
+
+    aiokafka (pinned) keeps it on its transaction manager only; read defensively.
+    """
+    manager = getattr(producer, "_txn_manager", None)
+    if manager is None or not manager.is_fatal_error():
+        return None
+    waiter = getattr(manager, "_transaction_waiter", None)
+    if waiter is None or not waiter.done() or waiter.cancelled():
+        return None
+    return cast(BaseException | None, waiter.exception())
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
