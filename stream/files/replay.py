@@ -75,6 +75,7 @@ def build_engine_config(
         candidate_share=settings.candidate_share,
         dedup_horizon_ms=int(settings.dedup_horizon_s * 1000),
         max_future_skew_ms=int(settings.max_future_skew_s * 1000),
+        idle_ms=settings.clock_idle_ms,
         budget_hysteresis=settings.budget_hysteresis,
         alert_max_window_ms=int(settings.alert_max_window_h * 3_600_000),
         share_hysteresis=settings.share_hysteresis,

@@ -73,6 +73,12 @@ class Settings(BaseSettings):
     dedup_horizon_s: float = Field(
         3600.0, gt=0, description="a repeated event_id within this much stream time counts once"
     )
+    clock_idle_ms: int = Field(
+        1000,
+        ge=0,
+        description="wall time a partition with nothing to read waits before its clock "
+        "follows the wall clock",
+    )
     max_future_skew_s: float = Field(
         900.0, ge=0, description="events dated further ahead of the wall clock are rejected"
     )

@@ -56,6 +56,7 @@ def test_refused_tenant_is_released_when_its_window_slides(
     prices = tmp_path / "prices.json"
     prices.write_text(json.dumps({"models": {"m": {"input": 0.2, "output": 0.0}}}))
     w.env["LLMOPS_PRICES"] = str(prices)
+    w.env["LLMOPS_CLOCK_IDLE_MS"] = "1000"  # the default: the wall clock moves the partition
     proc = w.start()
     try:
         w.wait_assigned(proc)
