@@ -120,7 +120,9 @@ class Worker:
         self._flush_lock = asyncio.Lock()
         self._watcher = eval_watcher
         self._last_reload_check = time.monotonic()
-        self._inflight: asyncio.Task[None] | None = None
+        # the write of each partition's last segment, while it runs: partitions write
+        # independently, so a partition whose writes keep failing holds up only itself
+        self._tasks: dict[TopicPartition, asyncio.Task[None]] = {}
         # every ClickHouse call runs on this one thread: chDB serves one caller at a time,
         # and the engine keeps processing meanwhile
         self._ch_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
@@ -171,6 +173,8 @@ class Worker:
                 if self._flush_due():
                     await self.flush()
                     self._reload_eval_sets()
+                else:
+                    self._raise_failed()
                 await self._update_lag()
                 self.metrics.maybe_log(partitions=len(self.runs))
             await self.flush(wait=True, checkpoint=True)
@@ -195,15 +199,8 @@ class Worker:
             )
 
     def _flush_due(self) -> bool:
-        """Time to cut segments: the interval passed and the previous write is done, or so
-        much is buffered that we must wait for it (memory bound, backpressure)."""
-        if time.monotonic() - self._last_flush < self.s.flush_interval_ms / 1000:
-            return False
-        if self._inflight is None or self._inflight.done():
-            return True
-        # the previous flush is still writing: keep processing into the next segment
-        # rather than wait, unless the buffers grew past the bound
-        return sum(r.sink.rows_buffered for r in self.runs.values()) >= self.s.flush_rows
+        """Time to cut segments: the flush interval passed."""
+        return time.monotonic() - self._last_flush >= self.s.flush_interval_ms / 1000
 
     # ------------------------------------------------------------------ rebalance
     async def on_revoked(self, revoked: list[TopicPartition]) -> None:
@@ -388,47 +385,60 @@ class Worker:
         engine states (otherwise they are stored every ``checkpoint_interval_s``).
         """
         async with self._flush_lock:
-            await self._await_inflight()
+            self._raise_failed()
             self._last_flush = time.monotonic()
             due = checkpoint or (
                 time.monotonic() - self._last_checkpoint >= self.s.checkpoint_interval_s
             )
             if due:
                 self._last_checkpoint = time.monotonic()
-            parts = []
-            for run in self.runs.values():
-                ready = run.pending and (
-                    run.forced_end is None or run.next_offset >= run.forced_end
-                )
-                timed = not run.pending and run.timed
-                state_only = not run.pending and due and run.checkpointed != run.next_offset
-                if not (ready or timed or state_only):
-                    continue
-                parts.append(
-                    _Part(
-                        run=run,
-                        start=run.seg_start,
-                        end=run.next_offset,
-                        sink=run.sink if ready or timed else None,
-                        records=run.records + self._state_records(run) if ready or timed else [],
-                        alert_types=run.alert_types if ready or timed else [],
-                        # the state as of `end`, i.e. after everything this flush commits;
-                        # after outputs of time alone, always: a restart from an older
-                        # checkpoint would send them again
-                        snapshot=run.engine.snapshot() if due or timed else None,
-                        claim=ready,
-                    )
-                )
-                if ready or timed:
-                    run.sink = ClickHouseSink(self.client, self.db)
-                    run.records, run.alert_types, run.states = [], [], []
-                    run.timed = False
-                if ready:
-                    run.seg_start, run.forced_end = run.next_offset, None
-            if parts:
-                self._inflight = asyncio.create_task(self._write(parts))
+            # the memory bound is the worker's, over every partition's buffers
+            full = sum(r.sink.rows_buffered for r in self.runs.values()) >= self.s.flush_rows
+            for run in list(self.runs.values()):
+                task = self._tasks.get(run.tp)
+                if task is not None and not task.done():
+                    forced = run.forced_end is not None and run.next_offset >= run.forced_end
+                    if not (wait or forced or full):
+                        continue  # its last write still runs: keep building this segment
+                    # in order, within the memory bound (backpressure), and a redone
+                    # segment is cut exactly at its end
+                    await task
+                    if self.runs.get(run.tp) is not run:
+                        continue  # dropped meanwhile (fenced, or its claim was lost)
+                part = self._cut(run, due)
+                if part is not None:
+                    self._tasks[run.tp] = asyncio.create_task(self._write([part]))
             if wait:
                 await self._await_inflight()
+
+    def _cut(self, run: PartitionRun, due: bool) -> _Part | None:
+        """The part of ``run`` to write now (its segment, outputs of time alone, or only a
+        checkpoint), or None; starts the run's next segment."""
+        ready = run.pending and (run.forced_end is None or run.next_offset >= run.forced_end)
+        timed = not run.pending and run.timed
+        state_only = not run.pending and due and run.checkpointed != run.next_offset
+        if not (ready or timed or state_only):
+            return None
+        part = _Part(
+            run=run,
+            start=run.seg_start,
+            end=run.next_offset,
+            sink=run.sink if ready or timed else None,
+            records=run.records + self._state_records(run) if ready or timed else [],
+            alert_types=run.alert_types if ready or timed else [],
+            # the state as of `end`, i.e. after everything this part commits; after
+            # outputs of time alone, always: a restart from an older checkpoint would send
+            # them again
+            snapshot=run.engine.snapshot() if due or timed else None,
+            claim=ready,
+        )
+        if ready or timed:
+            run.sink = ClickHouseSink(self.client, self.db)
+            run.records, run.alert_types, run.states = [], [], []
+            run.timed = False
+        if ready:
+            run.seg_start, run.forced_end = run.next_offset, None
+        return part
 
     def _state_records(self, run: PartitionRun) -> list[Record]:
         """The latest budget state of every tenant the segment touched, one record each."""
@@ -438,9 +448,19 @@ class Worker:
         return budget_state_records(columns, self.s.output_topic_prefix)
 
     async def _await_inflight(self) -> None:
-        if self._inflight is not None:
-            task, self._inflight = self._inflight, None
+        """Wait for every partition's write in flight (re-raising what failed)."""
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        for task in tasks:
             await task
+
+    def _raise_failed(self) -> None:
+        """Re-raise the error of a finished write: one retrying could not fix (it stops
+        the worker with its one-line message)."""
+        for tp, task in list(self._tasks.items()):
+            if task.done():
+                del self._tasks[tp]
+                task.result()
 
     async def _write(self, parts: list[_Part]) -> None:
         """ClickHouse rows of each segment, then one Kafka transaction, then checkpoints."""

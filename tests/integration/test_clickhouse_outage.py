@@ -112,7 +112,8 @@ def test_clickhouse_outage_backpressure_then_catch_up(
         # The worker retried with growing delays, and did not give up.
         delays = [float(d) for _, d in RETRY.findall(workers.log_of(worker))]
         assert len(delays) >= 3, workers.logs()
-        assert delays[:3] == sorted(delays[:3]) and delays[2] > delays[0], delays
+        # (each partition's write retries on its own, so their sequences interleave)
+        assert delays[0] == min(delays) and max(delays) > delays[0], delays
         assert max(delays) <= 10.0
 
         report = workers.report()
