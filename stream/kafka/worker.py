@@ -463,7 +463,7 @@ class Worker:
                 task.result()
 
     async def _write(self, parts: list[_Part]) -> None:
-        """ClickHouse rows of each segment, then one Kafka transaction, then checkpoints."""
+        """ClickHouse rows of each segment, then its partition's transaction, then checkpoints."""
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         segments = []
