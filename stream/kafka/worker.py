@@ -50,6 +50,8 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from llmops_stream.stream.clickhouse.sink import ClickHouseSink
+from llmops_stream.stream.core.alerts import Alert
+from llmops_stream.stream.core.budget_state import concat_states
 from llmops_stream.stream.core.engine import Engine, EngineConfig
 from llmops_stream.stream.core.evalset import EvalSetWatcher
 from llmops_stream.stream.core.timeutil import now_ms
@@ -346,11 +348,17 @@ class Worker:
         self.metrics.record_batch(out.stats)
         run.sink.add(out)
         prefix = self.s.output_topic_prefix
-        run.records += alert_records(out.alerts, prefix)
         run.records += dlq_records(out.rejected, run.tp.topic, prefix)
-        run.states.append(out.budget_states)
         run.records += candidate_records(out.candidates, prefix)
-        run.alert_types += [a.type for a in out.alerts]
+        self._keep_alerts_and_states(run, out.alerts, out.budget_states)
+
+    def _keep_alerts_and_states(
+        self, run: PartitionRun, alerts: list[Alert], states: dict[str, Any]
+    ) -> None:
+        """Queue alerts and budget states for the run's next transaction."""
+        run.records += alert_records(alerts, self.s.output_topic_prefix)
+        run.states.append(states)
+        run.alert_types += [a.type for a in alerts]
 
     def _tick_idle(self, fetched: set[TopicPartition]) -> None:
         """Let the wall clock move the partitions that have nothing left to read, so a
@@ -370,19 +378,19 @@ class Worker:
                 continue
             run.sink.add_alerts(out.alerts)
             run.sink.add_states(out.budget_states)
-            run.records += alert_records(out.alerts, self.s.output_topic_prefix)
-            run.states.append(out.budget_states)
-            run.alert_types += [a.type for a in out.alerts]
+            self._keep_alerts_and_states(run, out.alerts, out.budget_states)
             run.timed = True
 
     # ------------------------------------------------------------------ flush
     async def flush(self, *, wait: bool = False, checkpoint: bool = False) -> None:
         """Cut every pending segment and write it: ClickHouse, then outputs + offsets.
 
-        The write runs while the next segment is being processed (chDB and the network
-        release the GIL), but flushes never overlap: a flush first waits for the previous
-        one. ``wait`` returns only once this one is committed; ``checkpoint`` also stores
-        engine states (otherwise they are stored every ``checkpoint_interval_s``).
+        Each partition's write runs while its next segment is being processed (chDB and the
+        network release the GIL); a partition's writes never overlap: one whose previous
+        write still runs is cut later, unless it must be cut now (``wait``, a redone
+        segment's end, the memory bound). ``wait`` returns only once everything is
+        committed; ``checkpoint`` also stores engine states (otherwise they are stored
+        every ``checkpoint_interval_s``).
         """
         async with self._flush_lock:
             self._raise_failed()
@@ -442,10 +450,9 @@ class Worker:
 
     def _state_records(self, run: PartitionRun) -> list[Record]:
         """The latest budget state of every tenant the segment touched, one record each."""
-        if not run.states:
-            return []
-        columns = {k: np.concatenate([s[k] for s in run.states]) for k in run.states[0]}
-        return budget_state_records(columns, self.s.output_topic_prefix)
+        # a batch that changed no state brings no columns at all: concat_states skips it
+        columns = concat_states(run.states)
+        return budget_state_records(columns, self.s.output_topic_prefix) if columns else []
 
     async def _await_inflight(self) -> None:
         """Wait for every partition's write in flight (re-raising what failed)."""
