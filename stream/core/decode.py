@@ -45,8 +45,8 @@ REJECT_REASONS: dict[str, str] = {
     "wrong_type": "a field has the wrong JSON type (a token count as a string or a fraction, "
     "tenant_id as a number, usage not an object, ts neither string nor integer, ...)",
     "negative_tokens": "a token count is below zero",
-    "inconsistent_tokens": "token subsets exceed their total: cache_read + cache_write > input "
-    "or reasoning > output",
+    "inconsistent_tokens": "token subsets exceed their total: cache_read + cache_write > input, "
+    "cache_write_1h > cache_write or reasoning > output",
     "bad_embedding": "embedding is not valid base64, its byte length is not a whole number "
     "of float32, or its JSON array holds a non-number",
     "embedding_not_finite": "embedding holds NaN or +-inf once read as float32 (also a JSON "
@@ -74,6 +74,9 @@ class Usage(msgspec.Struct, gc=False):
     output_tokens: Tokens
     cache_read_tokens: Tokens | None = None
     cache_write_tokens: Tokens | None = None
+    # Subset of cache_write_tokens written with a long TTL (Anthropic's 1 h, OpenAI's 12 h):
+    # providers bill them at a higher write rate than the default 5-minute class.
+    cache_write_1h_tokens: Tokens | None = None
     reasoning_tokens: Tokens | None = None
 
 
@@ -200,6 +203,7 @@ class CallBatch:
     output_tokens: np.ndarray
     cache_read_tokens: np.ndarray
     cache_write_tokens: np.ndarray
+    cache_write_1h_tokens: np.ndarray  # int64[n], subset of cache_write_tokens
     reasoning_tokens: np.ndarray
     latency_ms: np.ndarray  # float64[n], NaN when absent
     ttft_ms: np.ndarray  # float64[n], NaN when absent
@@ -341,6 +345,7 @@ def decode_batch(messages: list[bytes]) -> tuple[CallBatch, Rejected]:
     output_tokens = _ints(_attr(usage, "output_tokens"))
     cache_read = _ints(_attr(usage, "cache_read_tokens"))
     cache_write = _ints(_attr(usage, "cache_write_tokens"))
+    cache_write_1h = _ints(_attr(usage, "cache_write_1h_tokens"))
     reasoning = _ints(_attr(usage, "reasoning_tokens"))
     ts_ms = json_times_ms(_attr(events, "ts"))
 
@@ -353,7 +358,11 @@ def decode_batch(messages: list[bytes]) -> tuple[CallBatch, Rejected]:
         "embedding_not_finite",
         "wrong_type",
     )
-    bad[(cache_read + cache_write > input_tokens) | (reasoning > output_tokens)] = 1
+    bad[
+        (cache_read + cache_write > input_tokens)
+        | (cache_write_1h > cache_write)
+        | (reasoning > output_tokens)
+    ] = 1
     bad[(bad == 0) & (ts_ms == WRONG_TYPE)] = 6
     bad[(bad == 0) & ((ts_ms < MIN_TS_MS) | (ts_ms >= MAX_TS_MS))] = 2
 
@@ -424,6 +433,7 @@ def decode_batch(messages: list[bytes]) -> tuple[CallBatch, Rejected]:
         output_tokens=output_tokens,
         cache_read_tokens=cache_read,
         cache_write_tokens=cache_write,
+        cache_write_1h_tokens=cache_write_1h,
         reasoning_tokens=reasoning,
         latency_ms=np.array(_attr(events, "latency_ms"), dtype=np.float64),  # None → NaN
         ttft_ms=np.array(_attr(events, "ttft_ms"), dtype=np.float64),
@@ -454,7 +464,8 @@ def _detail(reason: str, b: CallBatch, i: int) -> str:
     if reason == "inconsistent_tokens":
         return (
             f"input={b.input_tokens[i]} cache_read={b.cache_read_tokens[i]} "
-            f"cache_write={b.cache_write_tokens[i]} output={b.output_tokens[i]} "
+            f"cache_write={b.cache_write_tokens[i]} cache_write_1h={b.cache_write_1h_tokens[i]} "
+            f"output={b.output_tokens[i]} "
             f"reasoning={b.reasoning_tokens[i]}"
         )
     if reason == "bad_timestamp":
