@@ -14,7 +14,7 @@ import msgspec
 
 from .timeutil import ms_to_iso, now_ms
 
-ALERT_TYPES = ("budget", "drift", "freshness")
+ALERT_TYPES = ("budget", "drift", "freshness", "model")
 FIRING = "firing"
 RESOLVED = "resolved"
 

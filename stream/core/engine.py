@@ -36,6 +36,7 @@ from .dedup import Deduper
 from .drift import DriftScorer
 from .evalset import EvalSet
 from .freshness import FreshnessConfig, chunk_staleness, max_age_for
+from .model_changes import ServedModels
 from .pricing import PriceTable
 from .scoring import score_batch
 from .timeutil import MS_PER_MINUTE, ms_to_iso, now_ms
@@ -63,6 +64,8 @@ class EngineConfig:
     budget_hysteresis: float = 0.05  # fraction of the limit below a level to resolve it
     alert_max_window_ms: int = 24 * 3_600_000  # longest span a share alert is judged over
     share_hysteresis: float = 0.05  # share points below the threshold to resolve a share alert
+    model_min_calls: int = 20  # calls a new served model needs before it can take over
+    model_settle_ms: int = 24 * 3_600_000  # stream time after a takeover when it resolves
 
 
 @dataclass
@@ -120,6 +123,9 @@ class Engine:
             max_window_ms=config.alert_max_window_ms,
             hysteresis=config.share_hysteresis,
             lag_quantiles=True,  # alerts carry p50/p90/p99 of ts − source_updated_at
+        )
+        self.served_models = ServedModels(
+            min_calls=config.model_min_calls, settle_ms=config.model_settle_ms
         )
         self.set_eval_sets(config.eval_sets)
 
@@ -190,6 +196,9 @@ class Engine:
         late_before = self.budgets.late_events
         alerts = self.budgets.apply(b.tenant_id, b.ts_ms, at, cost, b.app, b.event_id)
         stats["budget_late"] = self.budgets.late_events - late_before
+        alerts += self.served_models.add(
+            b.tenant_id, b.provider, b.model, b.served_model, b.ts_ms, at
+        )
         scored, uncovered, centroid_sim, nn_sim, eval_version, candidates = score_batch(
             b, self.scorers, self.config.eval_sets, self.config.candidate_share
         )
@@ -314,6 +323,7 @@ class Engine:
         alerts = self.budgets.advance(now)
         alerts += self.drift_windows.close(now)
         alerts += self.fresh_windows.close(now)
+        alerts += self.served_models.advance(now)
         return alerts
 
     def snapshot(self) -> bytes:
@@ -329,6 +339,7 @@ class Engine:
                 "budgets": self.budgets.snapshot(),
                 "drift": self.drift_windows.snapshot(),
                 "freshness": self.fresh_windows.snapshot(),
+                "models": self.served_models.snapshot(),
             }
         )
 
@@ -360,6 +371,11 @@ class Engine:
             threshold=config.freshness.stale_share_threshold,
             min_count=config.freshness.min_count,
             **common,
+        )
+        engine.served_models = ServedModels.restore(
+            state.get("models", []),
+            min_calls=config.model_min_calls,
+            settle_ms=config.model_settle_ms,
         )
         return engine
 

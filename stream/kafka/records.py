@@ -24,14 +24,14 @@ import msgspec
 import numpy as np
 import orjson
 
-from llmops_stream.stream.core.alerts import Alert
+from llmops_stream.stream.core.alerts import ALERT_TYPES, Alert
 from llmops_stream.stream.core.budget_state import latest_states
 from llmops_stream.stream.core.timeutil import ms_to_iso
 
 DLQ = "llm.calls.dlq"
 BUDGET_STATE = "llm.budget.state"
 CANDIDATES = "llm.eval.candidates"
-ALERT_TOPICS = {t: f"llm.alerts.{t}" for t in ("budget", "drift", "freshness")}
+ALERT_TOPICS = {t: f"llm.alerts.{t}" for t in ALERT_TYPES}
 STATUSES = ("ok", "warn", "exceeded")
 _STATUS_ORDER = {s: i for i, s in enumerate(STATUSES)}
 

@@ -39,6 +39,7 @@ TOPICS = {
     "llm.alerts.budget",
     "llm.alerts.drift",
     "llm.alerts.freshness",
+    "llm.alerts.model",
     "llm.budget.state",
     "llm.eval.candidates",
 }
