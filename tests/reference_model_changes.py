@@ -4,6 +4,7 @@ alert as tuples, so tests compare behaviour rather than objects."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -43,6 +44,7 @@ def reference_alerts(
     # open episode: pair -> (old, new, first_ms, takeover_clock, [tenants in alert order])
     episodes: dict[tuple[str, str], tuple[str, str, int, int, list[str]]] = {}
     out: list[Emitted] = []
+    provider_of: dict[str, str] = {}  # model -> last provider sent with it
 
     def settle(now: int) -> None:
         for pair, (old, new, first, clock, tenants) in list(episodes.items()):
@@ -56,7 +58,9 @@ def reference_alerts(
     for call in calls:
         if not call.served:
             continue
-        pair = (call.provider, call.model)
+        if call.provider:
+            provider_of[call.model] = call.provider
+        pair = (provider_of.get(call.model, ""), call.model)
         if pair not in current:
             current[pair] = call.served
             challengers[pair] = {}
@@ -72,7 +76,8 @@ def reference_alerts(
         ch = chs.setdefault(call.served, [call.ts, 0, 0, {}])
         ch[1] += 1
         ch[3].setdefault(call.tenant, call.ts)
-        if ch[1] >= min_calls and ch[1] > ch[2]:
+        new, old = ch[1], ch[2]
+        if new >= min_calls and new - old > 0 and new - old >= 3.0 * math.sqrt(new + old):
             if pair in episodes:
                 old, new, first, _, tenants = episodes.pop(pair)
                 out.extend(

@@ -37,7 +37,7 @@ from .drift import DriftScorer
 from .evalset import EvalSet
 from .freshness import FreshnessConfig, chunk_staleness, max_age_for
 from .model_changes import ServedModels
-from .pricing import PriceTable
+from .pricing import PriceTable, TokenColumns
 from .scoring import score_batch
 from .timeutil import MS_PER_MINUTE, ms_to_iso, now_ms
 from .windows import ShareWindows
@@ -182,15 +182,15 @@ class Engine:
         stats["rejected"] = len(rejected)
 
         cache_hit = b.status == STATUS_CACHE_HIT
-        cost, unpriced = self.config.prices.costs(
-            b.model,
-            b.provider,
+        tokens = TokenColumns(
             b.input_tokens,
             b.output_tokens,
             b.cache_read_tokens,
             b.cache_write_tokens,
-            cache_hit,
+            b.cache_write_1h_tokens,
+            b.reasoning_tokens,
         )
+        cost, unpriced = self.config.prices.costs(b.model, b.provider, b.ts_ms, tokens, cache_hit)
         stats["unpriced"] = int(unpriced.sum())
 
         late_before = self.budgets.late_events
@@ -373,7 +373,7 @@ class Engine:
             **common,
         )
         engine.served_models = ServedModels.restore(
-            state.get("models", []),
+            state.get("models", {}),
             min_calls=config.model_min_calls,
             settle_ms=config.model_settle_ms,
         )

@@ -13,11 +13,16 @@ Rule (exact, sequential in arrival order, the same whatever the batch boundaries
 * The first served model seen for a (provider, model) is its baseline: no alert.
 * Any other served model is a *challenger*; it counts its calls from its first appearance,
   and so does the current model over the same span.
-* A challenger **takes over** once it has at least ``min_calls`` calls and more calls than
-  the current model since the challenger first appeared (a majority, so a canary or a
-  one-off stray answer does not alert, and a gradual rollout alerts once it is the norm).
-  The other challengers are dropped; the old model, if it comes back, is a challenger
-  again (a rollback is a change too).
+* A challenger **takes over** once it has at least ``min_calls`` calls and a clear majority
+  over the current model since the challenger first appeared: ahead by at least
+  :data:`MARGIN_SIGMAS` standard deviations of a fair coin (``new − old >= 3·sqrt(new +
+  old)``). So a canary or a stray answer does not alert, a full switch alerts after
+  ``min_calls`` calls, a partial rollout (say 60 % new) alerts once the evidence is clear
+  (a few hundred calls), and the 40 % left on the old model does not take back over by
+  chance. The other challengers are dropped; the old model, if it comes back, is a
+  challenger again (a rollback is a change too).
+* Events without ``provider`` count under the provider last seen with the same requested
+  model (apps that send it on some calls only are one population, not two).
 * At a takeover, every tenant that was served the challenger gets one ``firing`` alert;
   a tenant first served the new model later in the same episode gets its own then.
 * The episode ends (each of its alerts ``resolved``, same ``alert_id``) when the new model
@@ -42,6 +47,10 @@ import pandas as pd
 from .alerts import FIRING, RESOLVED, Alert, make_alert
 
 __all__ = ["ServedModels"]
+
+MARGIN_SIGMAS = 3.0
+"""How far ahead of the current model a challenger must be, in standard deviations of a
+fair coin over the calls since it first appeared."""
 
 MAX_CHALLENGERS = 16
 """Challengers kept per (provider, model); beyond it the one seen least is dropped (a
@@ -93,6 +102,7 @@ class ServedModels:
         self.min_calls = int(min_calls)
         self.settle_ms = int(settle_ms)
         self._pairs: dict[tuple[str, str], _Pair] = {}
+        self._provider_of: dict[str, str] = {}  # requested model -> last provider seen
 
     # ------------------------------------------------------------------ batches
     def add(  # noqa: PLR0917 - the columns of a batch
@@ -113,7 +123,8 @@ class ServedModels:
         rows = np.flatnonzero(served_model != "")
         if rows.size == 0:
             return []
-        p_codes, p_labels = pd.factorize(provider[rows])
+        provider = self._fill_providers(provider[rows], model[rows])
+        p_codes, p_labels = pd.factorize(provider)
         m_codes, m_labels = pd.factorize(model[rows])
         pair_code = p_codes.astype(np.int64) * len(m_labels) + m_codes
         alerts: list[Alert] = []
@@ -147,6 +158,22 @@ class ServedModels:
                 alerts += self._resolve(key, ep, ep.takeover_clock + self.settle_ms)
                 pair.episode = None
         return alerts
+
+    def _fill_providers(self, provider: np.ndarray, model: np.ndarray) -> np.ndarray:
+        """``provider`` (object[k]) with each ``""`` replaced by the provider last seen with
+        the same model, in arrival order (before this batch: the remembered one)."""
+        known = provider != ""
+        if not known.all():
+            filled = pd.Series(np.where(known, provider, None), dtype=object)
+            filled = filled.groupby(pd.Series(model, dtype=object), sort=False).ffill()
+            missing = np.flatnonzero(filled.isna().to_numpy())
+            out = filled.to_numpy(dtype=object, copy=True)
+            out[missing] = [self._provider_of.get(m, "") for m in model[missing].tolist()]
+        else:
+            out = provider
+        # later rows overwrite earlier ones: the last provider seen per model is kept
+        self._provider_of.update(zip(model[known].tolist(), provider[known].tolist(), strict=True))
+        return out
 
     # ------------------------------------------------------------------ per event
     def _same_model(
@@ -187,7 +214,12 @@ class ServedModels:
         ch = pair.challengers[served]
         ch.calls += 1
         ch.tenants.setdefault(tenant, ts)
-        if ch.calls < self.min_calls or ch.calls <= ch.current_calls:
+        lead = ch.calls - ch.current_calls
+        if (
+            ch.calls < self.min_calls
+            or lead * lead < (MARGIN_SIGMAS**2) * (ch.calls + ch.current_calls)
+            or lead <= 0
+        ):
             return []
         # Takeover: the challenger is the served model now.
         alerts: list[Alert] = []
@@ -238,7 +270,7 @@ class ServedModels:
         )
 
     # ------------------------------------------------------------------ state
-    def snapshot(self) -> list[Any]:
+    def snapshot(self) -> dict[str, Any]:
         """Plain lists and dicts (msgpack-able) of the whole state."""
         out: list[Any] = []
         for (provider, model), pair in self._pairs.items():
@@ -265,15 +297,16 @@ class ServedModels:
                     ],  # fmt: skip
                 ]
             )
-        return out
+        return {"pairs": out, "providers": dict(self._provider_of)}
 
     @classmethod
     def restore(
-        cls, data: list[Any], *, min_calls: int = 20, settle_ms: int = 24 * 3_600_000
+        cls, data: dict[str, Any], *, min_calls: int = 20, settle_ms: int = 24 * 3_600_000
     ) -> ServedModels:
         """The state of :meth:`snapshot` ``data``, under (possibly new) settings."""
         models = cls(min_calls=min_calls, settle_ms=settle_ms)
-        for provider, model, current, challengers, ep in data:
+        models._provider_of = dict(data.get("providers", {}))
+        for provider, model, current, challengers, ep in data.get("pairs", []):
             pair = _Pair(current=current)
             for served, first_ms, calls, current_calls, tenants in challengers:
                 pair.challengers[served] = _Challenger(first_ms, calls, current_calls, tenants)

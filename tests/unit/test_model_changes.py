@@ -87,7 +87,8 @@ def test_a_switch_alerts_once_per_affected_tenant_and_resolves_when_settled() ->
     assert [(a.status, a.tenant_id) for a in more] == [("firing", "c")]
     assert len({a.alert_id for a in firing + more}) == 3
     # An hour of stream time after the takeover, each of the three resolves, same id.
-    takeover = after[4].clock  # the 5th call served by the new model
+    # 9 calls to none: the first count with 9 >= 3 * sqrt(9)
+    takeover = after[8].clock
     assert models.advance(takeover + 3_600_000 - 1) == []
     resolved = models.advance(takeover + 3_600_000)
     assert sorted(a.tenant_id for a in resolved) == ["a", "b", "c"]
@@ -107,16 +108,26 @@ def test_a_canary_below_min_calls_or_a_minority_does_not_alert() -> None:
     assert _feed(models, _calls(minority), [17]) == []
 
 
-def test_a_tie_is_not_a_takeover() -> None:
+def test_a_challenger_needs_a_clear_majority() -> None:
     models = ServedModels(min_calls=2, settle_ms=3_600_000)
     tie = [("a", OLD), ("a", NEW), ("a", OLD), ("a", OLD), ("a", NEW)]  # 2 new vs 2 old
     assert _feed(models, _calls(tie), [5]) == []
-    assert len(_feed(models, _calls([("a", NEW)], start=T0_MS + MIN), [1])) == 1  # 3 vs 2
+    # 13 new vs 2 old: ahead by 11 < 3 * sqrt(15); 14 vs 2: ahead by 12 >= 3 * sqrt(16).
+    assert _feed(models, _calls([("a", NEW)] * 11, start=T0_MS + MIN), [4]) == []
+    assert len(_feed(models, _calls([("a", NEW)], start=T0_MS + 2 * MIN), [1])) == 1
+
+
+def test_a_partial_rollout_alerts_once_and_the_rest_does_not_take_back_over() -> None:
+    models = ServedModels(min_calls=20, settle_ms=10**12)
+    rng = np.random.default_rng(7)
+    spec = [("a", OLD)] * 200 + [("a", NEW if rng.random() < 0.6 else OLD) for _ in range(20_000)]
+    alerts = _feed(models, _calls(spec), [500])
+    assert [(a.status, a.details["new_served_model"]) for a in alerts] == [("firing", NEW)]
 
 
 def test_a_rollback_resolves_the_change_and_alerts_the_way_back() -> None:
     models = ServedModels(min_calls=3, settle_ms=24 * 3_600_000)
-    spec = [("a", OLD)] * 5 + [("a", NEW)] * 5 + [("a", OLD)] * 8
+    spec = [("a", OLD)] * 5 + [("a", NEW)] * 10 + [("a", OLD)] * 10
     alerts = _feed(models, _calls(spec), [4])
     got = [(a.status, a.details["old_served_model"], a.details["new_served_model"]) for a in alerts]
     assert got == [("firing", OLD, NEW), ("resolved", OLD, NEW), ("firing", NEW, OLD)]
