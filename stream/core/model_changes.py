@@ -164,7 +164,9 @@ class ServedModels:
         the same model, in arrival order (before this batch: the remembered one)."""
         known = provider != ""
         if not known.all():
-            filled = pd.Series(np.where(known, provider, None), dtype=object)
+            blanked = provider.copy()
+            blanked[~known] = None  # what ffill fills
+            filled = pd.Series(blanked, dtype=object)
             filled = filled.groupby(pd.Series(model, dtype=object), sort=False).ffill()
             missing = np.flatnonzero(filled.isna().to_numpy())
             out = filled.to_numpy(dtype=object, copy=True)
