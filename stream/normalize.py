@@ -9,72 +9,108 @@ apart. The v1 event has one convention, and pricing relies on it:
 * ``input_tokens`` — ALL input tokens, cache reads and cache writes included;
 * ``output_tokens`` — ALL output tokens, reasoning included;
 * ``cache_read_tokens`` / ``cache_write_tokens`` — subsets of ``input_tokens``;
+* ``cache_write_1h_tokens`` — subset of ``cache_write_tokens`` written with a long TTL
+  (Anthropic's 1 h, OpenAI's 12 h), priced at the long-TTL write rate;
 * ``reasoning_tokens`` — subset of ``output_tokens``.
 
 The functions here take the response as the provider's REST API returns it (parsed JSON),
 or the SDK's response object (anything with ``model_dump()``, e.g. the pydantic models of
 the ``openai``, ``anthropic`` and ``google-genai`` SDKs), or just its usage sub-object, and
-return that ``usage`` dict. :func:`call_event` builds a whole v1 event, and
-``event_from_*`` do both in one call, also taking the model the provider reported.
+return that ``usage`` dict: the four input/output/cache counts and ``cache_write_1h_tokens``
+always, ``reasoning_tokens`` when the provider reports it. :func:`call_event` builds a
+whole v1 event, and ``event_from_*`` do both in one call, also taking the model the
+provider reported.
 
-Mapping (field names as in each provider's API reference; a ``+`` sums, ``/`` gives the
-Chat Completions and the Responses API name)
+Mapping (field names as in each provider's API reference and SDK types — ``openai``
+3.51, ``anthropic`` 2.10, ``google-genai`` 3.3; a ``+`` sums, ``/`` gives the Chat
+Completions and the Responses API name)
 
-OpenAI — Chat Completions ``usage`` / Responses API ``usage``:
+OpenAI — Chat Completions ``usage`` (``CompletionUsage``) / Responses API ``usage``
+(``ResponseUsage``). Both input counts include cache reads and cache writes: the SDK's
+Usage API types define ``input_tokens`` as "including cached and cache-write tokens" and
+split off ``input_uncached_tokens`` "excluding cache-write tokens", and ``total_tokens``
+is input + output; so they pass through.
 
-======================  ==============================================================
-v1 ``usage``            source
-======================  ==============================================================
-``input_tokens``        ``prompt_tokens`` / ``input_tokens`` (cached tokens included)
-``output_tokens``       ``completion_tokens`` / ``output_tokens`` (reasoning included)
-``cache_read_tokens``   ``prompt_tokens_details.cached_tokens`` /
-                        ``input_tokens_details.cached_tokens``
-``cache_write_tokens``  0 (caching is implicit; OpenAI reports no writes)
-``reasoning_tokens``    ``completion_tokens_details.reasoning_tokens`` /
-                        ``output_tokens_details.reasoning_tokens``; absent when the
-                        details object is not reported
-======================  ==============================================================
+=========================  ===========================================================
+v1 ``usage``               source
+=========================  ===========================================================
+``input_tokens``           ``prompt_tokens`` / ``input_tokens``
+``output_tokens``          ``completion_tokens`` / ``output_tokens`` (reasoning
+                           included)
+``cache_read_tokens``      ``prompt_tokens_details.cached_tokens`` /
+                           ``input_tokens_details.cached_tokens``
+``cache_write_tokens``     ``prompt_tokens_details.cache_write_tokens`` /
+                           ``input_tokens_details.cache_write_tokens`` (else the sum of
+                           its ``cache_write_tokens_details.ttl_30m/12h_tokens``)
+``cache_write_1h_tokens``  ``input_tokens_details.cache_write_tokens_details
+                           .ttl_12h_tokens``; 0 for Chat Completions (30 min TTL only)
+``reasoning_tokens``       ``completion_tokens_details.reasoning_tokens`` /
+                           ``output_tokens_details.reasoning_tokens``; absent when the
+                           details object is not reported
+=========================  ===========================================================
 
-Anthropic — Messages API ``usage`` (its ``input_tokens`` excludes both cache classes):
+Not read: ``total_tokens``; the modality splits (``text/audio/image_tokens``) and the
+Predicted Outputs counts (``accepted/rejected_prediction_tokens``, both inside
+``completion_tokens``).
 
-======================  ==============================================================
-``input_tokens``        ``input_tokens + cache_creation_input_tokens
-                        + cache_read_input_tokens``
-``output_tokens``       ``output_tokens`` (extended thinking included)
-``cache_read_tokens``   ``cache_read_input_tokens``
-``cache_write_tokens``  ``cache_creation_input_tokens`` (else the sum of
-                        ``cache_creation.ephemeral_5m/1h_input_tokens``)
-``reasoning_tokens``    absent (thinking is not counted apart)
-======================  ==============================================================
+Anthropic — Messages API ``usage`` (``Usage``; its ``input_tokens`` excludes both cache
+classes):
 
-Gemini — ``GenerateContentResponse.usageMetadata`` (camelCase over REST; the
-``google-genai`` SDK's ``model_dump()`` gives ``usage_metadata.prompt_token_count`` etc.,
-also read):
+=========================  ===========================================================
+``input_tokens``           ``input_tokens + cache_creation_input_tokens
+                           + cache_read_input_tokens``
+``output_tokens``          ``output_tokens`` (extended thinking included)
+``cache_read_tokens``      ``cache_read_input_tokens``
+``cache_write_tokens``     ``cache_creation_input_tokens`` (else the sum of
+                           ``cache_creation.ephemeral_5m/1h_input_tokens``)
+``cache_write_1h_tokens``  ``cache_creation.ephemeral_1h_input_tokens``
+``reasoning_tokens``       ``output_tokens_details.thinking_tokens``; absent when not
+                           reported
+=========================  ===========================================================
 
-======================  ==============================================================
-``input_tokens``        ``promptTokenCount`` (cached content included)
-                        ``+ toolUsePromptTokenCount``
-``output_tokens``       ``candidatesTokenCount + thoughtsTokenCount`` (candidates
-                        exclude thoughts)
-``cache_read_tokens``   ``cachedContentTokenCount``
-``cache_write_tokens``  0 (explicit caches are created by a separate call, not per
-                        request)
-``reasoning_tokens``    ``thoughtsTokenCount`` (0 when omitted)
-======================  ==============================================================
+Not read, as they change the price of a call and not its token counts: ``service_tier``
+(priority/batch), ``inference_geo`` (regional inference), ``speed`` (fast mode) and
+``server_tool_use`` (web search/fetch requests, billed per request; their results are
+already in ``input_tokens``).
+
+Gemini — ``GenerateContentResponse.usageMetadata`` (``GenerateContentResponseUsageMetadata``;
+camelCase over REST, the SDK's ``model_dump()`` gives ``usage_metadata.prompt_token_count``
+etc., also read):
+
+=========================  ===========================================================
+``input_tokens``           ``promptTokenCount`` (cached content included)
+                           ``+ toolUsePromptTokenCount``
+``output_tokens``          ``candidatesTokenCount + thoughtsTokenCount`` (candidates
+                           exclude thoughts)
+``cache_read_tokens``      ``cachedContentTokenCount``
+``cache_write_tokens``     0 (explicit caches are created by a separate call, not per
+                           request)
+``cache_write_1h_tokens``  0
+``reasoning_tokens``       ``thoughtsTokenCount`` (0 when omitted)
+=========================  ===========================================================
+
+Not read: ``totalTokenCount`` (only to tell usage from none), the per-modality
+breakdowns (``promptTokensDetails``, ``cacheTokensDetails``, ``candidatesTokensDetails``,
+``toolUsePromptTokensDetails``) and ``trafficType`` (a price matter).
 
 So ``input_tokens + output_tokens`` equals OpenAI's and Gemini's ``total_tokens`` /
-``totalTokenCount``, and the sum of all four Anthropic counts.
+``totalTokenCount``, and the sum of all four Anthropic counts. Audio and image tokens are
+priced as text: v1 has no per-modality price class.
 
 Missing or ``null`` counts and sub-objects count as 0 (providers omit zero counts, and
 OpenAI-compatible servers often leave the details out). A response without any usage
-raises :class:`ValueError`, as does a count that is negative, not an integer, or a subset
-larger than its total (such an event would be rejected by the decoder anyway; failing at
-the source tells the app where the bug is).
+raises :class:`ValueError`, as does a count that is negative, not an integer, or a part
+larger than its total — cache reads + writes over the input, TTL parts over the writes,
+reasoning over the output, Gemini's cached content over its prompt (the decoder would
+reject such an event anyway, or it would mean the counts are not what this mapping
+assumes; failing at the source tells the app where the bug is).
 
 Not covered: streamed responses must be reduced to their final usage first (OpenAI:
 the last chunk with ``stream_options={"include_usage": true}``; Anthropic: input counts
 from ``message_start`` plus the final ``output_tokens`` of ``message_delta``; Gemini: the
-last chunk's ``usageMetadata``).
+last chunk's ``usageMetadata``). The beta Messages API's ``usage.iterations`` (compaction,
+advisor and fallback iterations, partly not in the top-level counts and partly billed at
+another model's rates) is not read: only the top-level counts are.
 """
 
 from __future__ import annotations
@@ -161,12 +197,45 @@ def _check(usage: dict[str, int], provider: str) -> dict[str, int]:
             f"{provider} usage is inconsistent: cache read + write ({cached}) > "
             f"input ({usage['input_tokens']})"
         )
+    if usage.get("cache_write_1h_tokens", 0) > usage.get("cache_write_tokens", 0):
+        raise ValueError(
+            f"{provider} usage is inconsistent: long-TTL cache writes "
+            f"({usage['cache_write_1h_tokens']}) > cache writes ({usage['cache_write_tokens']})"
+        )
     if usage.get("reasoning_tokens", 0) > usage["output_tokens"]:
         raise ValueError(
             f"{provider} usage is inconsistent: reasoning ({usage['reasoning_tokens']}) > "
             f"output ({usage['output_tokens']})"
         )
     return usage
+
+
+def _cache_writes(
+    total: int | None,
+    by_ttl: Mapping[str, Any],
+    *,
+    short_key: str,
+    long_key: str,
+    where: str,
+    provider: str,
+) -> tuple[int, int]:
+    """Cache writes and their long-TTL part, from the total and/or its breakdown by TTL.
+
+    The providers' parts add up to the total; without the total (older responses, some
+    proxies) their sum stands in for it. Parts exceeding the total are an error; parts
+    short of it are accepted, as a TTL class not broken down here would leave them.
+    """
+    short = _count(by_ttl, short_key, where=where)
+    long = _count(by_ttl, long_key, where=where)
+    parts = (short or 0) + (long or 0)
+    if total is None:
+        return parts, long or 0
+    if parts > total:
+        raise ValueError(
+            f"{provider} usage is inconsistent: cache writes by TTL ({parts}) > "
+            f"cache writes ({total})"
+        )
+    return total, long or 0
 
 
 def _usage_object(
@@ -194,8 +263,9 @@ def _usage_object(
 def usage_from_openai(response_or_usage: Response) -> dict[str, int]:
     """v1 usage from an OpenAI Chat Completions or Responses API response (or its usage).
 
-    Both count cached tokens inside the input and reasoning tokens inside the output, so
-    the totals pass through; OpenAI reports no cache writes (0).
+    Both APIs count cache reads and cache writes inside the input and reasoning tokens
+    inside the output, so the totals pass through. Writes come with a breakdown by TTL
+    in the Responses API; its 12 h part is the long-TTL class (``cache_write_1h_tokens``).
     """
     u = _usage_object(
         response_or_usage,
@@ -213,11 +283,20 @@ def usage_from_openai(response_or_usage: Response) -> dict[str, int]:
         )
     in_details = _sub(u, "prompt_tokens_details", "input_tokens_details")
     out_details = _sub(u, "completion_tokens_details", "output_tokens_details")
+    cache_write, cache_write_1h = _cache_writes(
+        _count(in_details, "cache_write_tokens", where="usage.details"),
+        _sub(in_details, "cache_write_tokens_details"),
+        short_key="ttl_30m_tokens",
+        long_key="ttl_12h_tokens",
+        where="usage.details.cache_write_tokens_details",
+        provider="OpenAI",
+    )
     usage = {
         "input_tokens": input_tokens or 0,
         "output_tokens": output_tokens or 0,
         "cache_read_tokens": _count(in_details, "cached_tokens", where="usage.details") or 0,
-        "cache_write_tokens": 0,
+        "cache_write_tokens": cache_write,
+        "cache_write_1h_tokens": cache_write_1h,
     }
     reasoning = _count(out_details, "reasoning_tokens", where="usage.details")
     if reasoning is not None:
@@ -229,8 +308,11 @@ def usage_from_anthropic(response_or_usage: Response) -> dict[str, int]:
     """v1 usage from an Anthropic Messages API response (or its ``usage``).
 
     Anthropic's ``input_tokens`` counts only the input after the last cache breakpoint:
-    cache reads and writes are added to make the v1 total. Extended thinking is billed
-    inside ``output_tokens`` and not counted apart, so ``reasoning_tokens`` is absent.
+    cache reads and writes are added to make the v1 total. The 1 h part of the writes is
+    the long-TTL class. Extended thinking is billed inside ``output_tokens``; its count
+    (``output_tokens_details.thinking_tokens``) becomes ``reasoning_tokens`` when
+    reported. Service tier, inference region, speed and server tool requests change the
+    price of a call, not its token counts, and are not read.
     """
     u = _usage_object(
         response_or_usage,
@@ -242,25 +324,28 @@ def usage_from_anthropic(response_or_usage: Response) -> dict[str, int]:
     output = _count(u, "output_tokens", where="usage")
     if uncached is None and output is None:
         raise ValueError("Anthropic usage has neither input_tokens nor output_tokens")
-    cache_write = _count(u, "cache_creation_input_tokens", where="usage")
-    if cache_write is None:
-        # Newer responses also break writes down by TTL; use it if the total is missing.
-        breakdown = _sub(u, "cache_creation")
-        parts = [
-            _count(breakdown, key, where="usage.cache_creation")
-            for key in ("ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens")
-        ]
-        cache_write = sum(p or 0 for p in parts)
-    cache_read = _count(u, "cache_read_input_tokens", where="usage") or 0
-    return _check(
-        {
-            "input_tokens": (uncached or 0) + cache_write + cache_read,
-            "output_tokens": output or 0,
-            "cache_read_tokens": cache_read,
-            "cache_write_tokens": cache_write,
-        },
-        "Anthropic",
+    cache_write, cache_write_1h = _cache_writes(
+        _count(u, "cache_creation_input_tokens", where="usage"),
+        _sub(u, "cache_creation"),
+        short_key="ephemeral_5m_input_tokens",
+        long_key="ephemeral_1h_input_tokens",
+        where="usage.cache_creation",
+        provider="Anthropic",
     )
+    cache_read = _count(u, "cache_read_input_tokens", where="usage") or 0
+    usage = {
+        "input_tokens": (uncached or 0) + cache_write + cache_read,
+        "output_tokens": output or 0,
+        "cache_read_tokens": cache_read,
+        "cache_write_tokens": cache_write,
+        "cache_write_1h_tokens": cache_write_1h,
+    }
+    thinking = _count(
+        _sub(u, "output_tokens_details"), "thinking_tokens", where="usage.output_tokens_details"
+    )
+    if thinking is not None:
+        usage["reasoning_tokens"] = thinking
+    return _check(usage, "Anthropic")
 
 
 _GEMINI_KEYS = {
@@ -279,7 +364,9 @@ def usage_from_gemini(response_or_usage: Response) -> dict[str, int]:
 
     ``promptTokenCount`` already includes the cached-content tokens; tool-use prompt
     tokens are counted apart and added. ``candidatesTokenCount`` excludes thinking, so
-    ``thoughtsTokenCount`` is added to the output and reported as reasoning.
+    ``thoughtsTokenCount`` is added to the output and reported as reasoning. The
+    per-modality breakdowns and the traffic type are not read (they split the counts or
+    change their price, not the counts).
     """
     u = _usage_object(
         response_or_usage,
@@ -295,13 +382,21 @@ def usage_from_gemini(response_or_usage: Response) -> dict[str, int]:
     total = count("totalTokenCount")
     if prompt is None and candidates is None and total is None:
         raise ValueError("Gemini usageMetadata has no promptTokenCount/candidatesTokenCount")
+    cached = count("cachedContentTokenCount") or 0
+    if cached > (prompt or 0):
+        # The cached content is part of the prompt; more of it than prompt means the
+        # counts mean something other than what this mapping assumes.
+        raise ValueError(
+            f"Gemini usage is inconsistent: cached content ({cached}) > prompt ({prompt or 0})"
+        )
     thoughts = count("thoughtsTokenCount") or 0
     return _check(
         {
             "input_tokens": (prompt or 0) + (count("toolUsePromptTokenCount") or 0),
             "output_tokens": (candidates or 0) + thoughts,
-            "cache_read_tokens": count("cachedContentTokenCount") or 0,
+            "cache_read_tokens": cached,
             "cache_write_tokens": 0,
+            "cache_write_1h_tokens": 0,
             "reasoning_tokens": thoughts,
         },
         "Gemini",

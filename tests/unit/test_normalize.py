@@ -1,7 +1,8 @@
 """Usage normalisers: responses shaped as the providers document them map to the v1 usage
-convention (input includes cache reads/writes, output includes reasoning), the events built
-from them pass the decoder with exactly those counts, and for any consistent provider counts
-the v1 invariants hold and no token is lost or counted twice."""
+convention (input includes cache reads/writes, output includes reasoning, long-TTL writes are
+a part of the writes), the events built from them pass the decoder with exactly those counts,
+and for any consistent provider counts the v1 invariants hold and no token is lost or counted
+twice. The same against the providers' SDK types: ``test_normalize_sdk.py``."""
 
 from __future__ import annotations
 
@@ -148,6 +149,49 @@ GEMINI_SDK_DUMP = {
     },
 }
 
+# Responses API with prompt cache writes (``prompt_cache_options.ttl``), split by TTL.
+OPENAI_RESPONSES_CACHE_WRITE = {
+    "id": "resp_0d3e62f0a1c2b7e9",
+    "object": "response",
+    "created_at": 1790000000,
+    "status": "completed",
+    "model": "gpt-5.5-2026-04-23",
+    "output": [],
+    "usage": {
+        "input_tokens": 64000,
+        "input_tokens_details": {
+            "cached_tokens": 20000,
+            "cache_write_tokens": 40000,
+            "cache_write_tokens_details": {"ttl_30m_tokens": 4000, "ttl_12h_tokens": 36000},
+        },
+        "output_tokens": 700,
+        "output_tokens_details": {"reasoning_tokens": 512},
+        "total_tokens": 64700,
+    },
+}
+
+# Anthropic with a 1 h cache write and a thinking-token count.
+ANTHROPIC_1H = {
+    "id": "msg_01Aq9w938a90dw8q",
+    "type": "message",
+    "role": "assistant",
+    "model": "claude-opus-4-7",
+    "content": [{"type": "text", "text": "Done."}],
+    "stop_reason": "end_turn",
+    "stop_sequence": None,
+    "usage": {
+        "input_tokens": 50,
+        "cache_creation_input_tokens": 30000,
+        "cache_read_input_tokens": 0,
+        "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 30000},
+        "output_tokens": 1200,
+        "output_tokens_details": {"thinking_tokens": 800},
+        "server_tool_use": {"web_search_requests": 1, "web_fetch_requests": 0},
+        "service_tier": "standard",
+        "inference_geo": "global",
+    },
+}
+
 CASES: list[tuple[str, Any, dict[str, Any], dict[str, int], str]] = [
     (
         "openai-chat",
@@ -158,6 +202,7 @@ CASES: list[tuple[str, Any, dict[str, Any], dict[str, int], str]] = [
             "output_tokens": 1300,
             "cache_read_tokens": 1920,
             "cache_write_tokens": 0,
+            "cache_write_1h_tokens": 0,
             "reasoning_tokens": 1024,
         },
         "o4-mini-2025-04-16",
@@ -171,9 +216,38 @@ CASES: list[tuple[str, Any, dict[str, Any], dict[str, int], str]] = [
             "output_tokens": 452,
             "cache_read_tokens": 3072,
             "cache_write_tokens": 0,
+            "cache_write_1h_tokens": 0,
             "reasoning_tokens": 0,
         },
         "gpt-4.1-2025-04-14",
+    ),
+    (
+        "openai-responses-cache-write",
+        event_from_openai,
+        OPENAI_RESPONSES_CACHE_WRITE,
+        {
+            "input_tokens": 64000,
+            "output_tokens": 700,
+            "cache_read_tokens": 20000,
+            "cache_write_tokens": 40000,
+            "cache_write_1h_tokens": 36000,
+            "reasoning_tokens": 512,
+        },
+        "gpt-5.5-2026-04-23",
+    ),
+    (
+        "anthropic-1h-write",
+        event_from_anthropic,
+        ANTHROPIC_1H,
+        {
+            "input_tokens": 50 + 30000,
+            "output_tokens": 1200,
+            "cache_read_tokens": 0,
+            "cache_write_tokens": 30000,
+            "cache_write_1h_tokens": 30000,
+            "reasoning_tokens": 800,
+        },
+        "claude-opus-4-7",
     ),
     (
         "anthropic-cached",
@@ -184,6 +258,7 @@ CASES: list[tuple[str, Any, dict[str, Any], dict[str, int], str]] = [
             "output_tokens": 393,
             "cache_read_tokens": 4000,
             "cache_write_tokens": 188086,
+            "cache_write_1h_tokens": 0,
         },
         "claude-sonnet-4-20250514",
     ),
@@ -196,6 +271,7 @@ CASES: list[tuple[str, Any, dict[str, Any], dict[str, int], str]] = [
             "output_tokens": 503,
             "cache_read_tokens": 0,
             "cache_write_tokens": 0,
+            "cache_write_1h_tokens": 0,
         },
         "claude-3-5-haiku-20241022",
     ),
@@ -208,6 +284,7 @@ CASES: list[tuple[str, Any, dict[str, Any], dict[str, int], str]] = [
             "output_tokens": 350 + 1230,
             "cache_read_tokens": 8192,
             "cache_write_tokens": 0,
+            "cache_write_1h_tokens": 0,
             "reasoning_tokens": 1230,
         },
         "gemini-2.5-flash-preview-09-2025",
@@ -221,6 +298,7 @@ CASES: list[tuple[str, Any, dict[str, Any], dict[str, int], str]] = [
             "output_tokens": 240,
             "cache_read_tokens": 0,
             "cache_write_tokens": 0,
+            "cache_write_1h_tokens": 0,
             "reasoning_tokens": 200,
         },
         "gemini-2.5-pro",
@@ -239,6 +317,7 @@ def decoded_usage(events: list[dict[str, Any]]) -> list[dict[str, int]]:
         "output_tokens",
         "cache_read_tokens",
         "cache_write_tokens",
+        "cache_write_1h_tokens",
         "reasoning_tokens",
     )
     return [{k: int(getattr(batch, k)[i]) for k in names} for i in range(batch.n)]
@@ -304,10 +383,19 @@ def test_requested_model_served_model_and_provider() -> None:
 
 
 def test_thinking_is_inside_anthropic_output() -> None:
-    # Extended thinking is billed as output and not counted apart: no reasoning field.
+    # Extended thinking is billed inside output_tokens; without the breakdown its share is
+    # unknown, so no reasoning count is made up.
     usage = usage_from_anthropic({"usage": {"input_tokens": 50, "output_tokens": 4000}})
     assert usage["output_tokens"] == 4000
     assert "reasoning_tokens" not in usage
+    detailed = usage_from_anthropic(
+        {
+            "input_tokens": 50,
+            "output_tokens": 4000,
+            "output_tokens_details": {"thinking_tokens": 3100},
+        }
+    )
+    assert (detailed["output_tokens"], detailed["reasoning_tokens"]) == (4000, 3100)
 
 
 def test_anthropic_write_breakdown_when_total_missing() -> None:
@@ -320,7 +408,38 @@ def test_anthropic_write_breakdown_when_total_missing() -> None:
         }
     )
     assert usage["cache_write_tokens"] == 1000
+    assert usage["cache_write_1h_tokens"] == 700
     assert usage["input_tokens"] == 1010
+
+
+def test_long_ttl_writes_with_and_without_the_total() -> None:
+    # The 1 h (Anthropic) / 12 h (OpenAI) part is read whether or not the total is there.
+    anthropic = {
+        "input_tokens": 10,
+        "output_tokens": 5,
+        "cache_creation_input_tokens": 1000,
+        "cache_creation": {"ephemeral_5m_input_tokens": 400, "ephemeral_1h_input_tokens": 600},
+    }
+    assert usage_from_anthropic(anthropic)["cache_write_1h_tokens"] == 600
+    openai = {
+        "input_tokens": 900,
+        "output_tokens": 1,
+        "input_tokens_details": {
+            "cached_tokens": 0,
+            "cache_write_tokens_details": {"ttl_30m_tokens": 100, "ttl_12h_tokens": 500},
+        },
+    }
+    usage = usage_from_openai(openai)
+    assert (usage["cache_write_tokens"], usage["cache_write_1h_tokens"]) == (600, 500)
+    # Chat Completions: writes without a TTL breakdown (30 min entries only).
+    chat = {
+        "prompt_tokens": 3000,
+        "completion_tokens": 10,
+        "prompt_tokens_details": {"cached_tokens": 1000, "cache_write_tokens": 1500},
+    }
+    usage = usage_from_openai(chat)
+    assert (usage["cache_write_tokens"], usage["cache_write_1h_tokens"]) == (1500, 0)
+    assert usage["input_tokens"] == 3000  # prompt_tokens already holds reads and writes
 
 
 # --------------------------------------------------------------------------- null/missing
@@ -342,6 +461,7 @@ def test_null_and_missing_sub_objects() -> None:
         "output_tokens": 7,
         "cache_read_tokens": 0,
         "cache_write_tokens": 0,
+        "cache_write_1h_tokens": 0,
     }
     # An OpenAI-compatible server that only reports the totals.
     assert usage_from_openai({"prompt_tokens": 5, "completion_tokens": 1})["input_tokens"] == 5
@@ -357,6 +477,7 @@ def test_null_and_missing_sub_objects() -> None:
         "output_tokens": 9,
         "cache_read_tokens": 0,
         "cache_write_tokens": 0,
+        "cache_write_1h_tokens": 0,
     }
     # Gemini omits zero counts (proto3 JSON): no cache, no thoughts, no tool use.
     assert usage_from_gemini(
@@ -366,6 +487,7 @@ def test_null_and_missing_sub_objects() -> None:
         "output_tokens": 2,
         "cache_read_tokens": 0,
         "cache_write_tokens": 0,
+        "cache_write_1h_tokens": 0,
         "reasoning_tokens": 0,
     }
     # A blocked prompt: only the prompt is counted.
@@ -400,6 +522,54 @@ def test_null_and_missing_sub_objects() -> None:
                     "completion_tokens_details": {"reasoning_tokens": 11},
                 }
             },
+            "inconsistent",
+        ),
+        (
+            usage_from_openai,
+            {
+                "input_tokens": 100,
+                "input_tokens_details": {"cached_tokens": 50, "cache_write_tokens": 51},
+            },
+            "inconsistent",
+        ),
+        (
+            usage_from_openai,
+            {
+                "input_tokens": 100,
+                "input_tokens_details": {
+                    "cache_write_tokens": 10,
+                    "cache_write_tokens_details": {"ttl_30m_tokens": 5, "ttl_12h_tokens": 6},
+                },
+            },
+            "by TTL",
+        ),
+        (
+            usage_from_openai,
+            {"input_tokens": 1, "input_tokens_details": {"cache_write_tokens": "7"}},
+            "integer",
+        ),
+        (
+            usage_from_anthropic,
+            {
+                "input_tokens": 1,
+                "output_tokens": 1,
+                "cache_creation_input_tokens": 10,
+                "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 11},
+            },
+            "by TTL",
+        ),
+        (
+            usage_from_anthropic,
+            {
+                "input_tokens": 1,
+                "output_tokens": 5,
+                "output_tokens_details": {"thinking_tokens": 6},
+            },
+            "inconsistent",
+        ),
+        (
+            usage_from_gemini,
+            {"usageMetadata": {"promptTokenCount": 5, "cachedContentTokenCount": 6}},
             "inconsistent",
         ),
         (usage_from_openai, "not a response", "expected a dict"),
@@ -488,7 +658,9 @@ maybe = st.none() | counts
 
 @given(
     prompt=counts,
-    cached_share=st.floats(0, 1),
+    cached_share=st.floats(0, 0.5),
+    write_share=st.floats(0, 0.5),
+    long_ttl_share=st.floats(0, 1),
     completion=counts,
     reasoning_share=st.floats(0, 1),
     responses_api=st.booleans(),
@@ -498,27 +670,40 @@ def test_openai_invariants(
     *,
     prompt: int,
     cached_share: float,
+    write_share: float,
+    long_ttl_share: float,
     completion: int,
     reasoning_share: float,
     responses_api: bool,
     details: bool,
 ) -> None:
     cached, reasoning = int(prompt * cached_share), int(completion * reasoning_share)
+    written = int(prompt * write_share)
+    long_ttl = int(written * long_ttl_share)
     if responses_api:
         raw: dict[str, Any] = {"input_tokens": prompt, "output_tokens": completion}
         if details:
-            raw["input_tokens_details"] = {"cached_tokens": cached}
+            raw["input_tokens_details"] = {
+                "cached_tokens": cached,
+                "cache_write_tokens": written,
+                "cache_write_tokens_details": {
+                    "ttl_30m_tokens": written - long_ttl,
+                    "ttl_12h_tokens": long_ttl,
+                },
+            }
             raw["output_tokens_details"] = {"reasoning_tokens": reasoning}
     else:
         raw = {"prompt_tokens": prompt, "completion_tokens": completion}
         if details:
-            raw["prompt_tokens_details"] = {"cached_tokens": cached}
+            raw["prompt_tokens_details"] = {"cached_tokens": cached, "cache_write_tokens": written}
             raw["completion_tokens_details"] = {"reasoning_tokens": reasoning}
     raw["total_tokens"] = prompt + completion
     usage = usage_from_openai({"usage": raw})
     check_invariants(usage)
     assert usage["input_tokens"] + usage["output_tokens"] == raw["total_tokens"]
     assert usage["cache_read_tokens"] == (cached if details else 0)
+    assert usage["cache_write_tokens"] == (written if details else 0)
+    assert usage["cache_write_1h_tokens"] == (long_ttl if details and responses_api else 0)
 
 
 @given(uncached=counts, write=maybe, read=maybe, output=counts)
@@ -583,6 +768,7 @@ def test_gemini_invariants(
 def check_invariants(usage: dict[str, int]) -> None:
     """The v1 subset rules, and that the decoder accepts the usage as is."""
     assert usage["cache_read_tokens"] + usage["cache_write_tokens"] <= usage["input_tokens"]
+    assert usage["cache_write_1h_tokens"] <= usage["cache_write_tokens"]
     assert usage.get("reasoning_tokens", 0) <= usage["output_tokens"]
     assert all(v >= 0 for v in usage.values())
     event = call_event(tenant_id="acme", model="m", usage=usage, ts=1795420000000)
