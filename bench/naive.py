@@ -18,7 +18,7 @@ import orjson
 
 from llmops_stream.stream.core.budgets import BudgetConfig
 from llmops_stream.stream.core.evalset import EvalSet
-from llmops_stream.stream.core.pricing import ModelPrice, PriceTable
+from llmops_stream.stream.core.pricing import PriceSchedule, PriceTable, cost_formula
 
 _WINDOW_MS = {"1h": 3_600_000, "24h": 86_400_000, "7d": 7 * 86_400_000, "30d": 30 * 86_400_000}
 
@@ -36,7 +36,7 @@ class NaiveProcessor:
         self, prices: PriceTable, budgets: BudgetConfig, eval_set: EvalSet | None = None
     ) -> None:
         self.prices = prices
-        self.price_cache: dict[tuple[str, str], ModelPrice | None] = {}
+        self.price_cache: dict[tuple[str, str], PriceSchedule | None] = {}
         self.budgets = budgets
         self.eval_set = eval_set
         self.seen: set[tuple[str, str]] = set()
@@ -54,6 +54,10 @@ class NaiveProcessor:
                 tenant, event_id, model = e["tenant_id"], e["event_id"], e["model"]
                 inp, out = int(usage["input_tokens"]), int(usage["output_tokens"])
                 cr, cw = usage.get("cache_read_tokens") or 0, usage.get("cache_write_tokens") or 0
+                cw1h, rs = (
+                    usage.get("cache_write_1h_tokens") or 0,
+                    usage.get("reasoning_tokens") or 0,
+                )
                 ts = _ms(e["ts"])
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                 self.rejected += 1
@@ -67,16 +71,14 @@ class NaiveProcessor:
             valid += 1
             key = (model, e.get("provider") or "")
             if key not in self.price_cache:
-                self.price_cache[key] = self.prices.resolve(*key)
-            p = self.price_cache[key]
+                self.price_cache[key] = self.prices.schedule(*key)
+            schedule = self.price_cache[key]
+            p = schedule.price_at(ts) if schedule is not None else None  # as of the event
             cost = 0.0
             if p is not None and e.get("status") != "cache_hit":
-                cost = (
-                    (inp - cr - cw) * p.input
-                    + cr * p.cache_read
-                    + cw * p.cache_write
-                    + out * p.output
-                ) / 1e6
+                cost = cost_formula(
+                    p, inp, out, cr, cw, cache_write_1h_tokens=cw1h, reasoning_tokens=rs
+                )
             self._budget(tenant, ts, cost)
             uncovered = scored = 0
             if self.eval_set is not None and e.get("embedding"):
