@@ -62,11 +62,18 @@ def expected_totals(
         u = e["usage"]
         inp, outp = u["input_tokens"], u["output_tokens"]
         cr, cw = u.get("cache_read_tokens") or 0, u.get("cache_write_tokens") or 0
-        p = prices.resolve(e["model"], e.get("provider") or "")
+        cw1h, rs = u.get("cache_write_1h_tokens") or 0, u.get("reasoning_tokens") or 0
+        # the price in force at the call's own time (SPEC §3), not today's
+        p = prices.resolve(e["model"], e.get("provider") or "", at=ms(e["ts"]))
         if p is not None and e.get("status") != "cache_hit":
-            rates = p.rates_for(inp)
+            r = p.all_rates_for(inp)
             t["cost_usd"] += (
-                (inp - cr - cw) * rates[0] + cr * rates[2] + cw * rates[3] + outp * rates[1]
+                (inp - cr - cw) * r.input
+                + cr * r.cache_read
+                + (cw - cw1h) * r.cache_write
+                + cw1h * r.cache_write_1h
+                + (outp - rs) * r.output
+                + rs * r.reasoning
             ) / 1e6
         t["calls"] += 1
         t["input_tokens"] += inp
