@@ -68,6 +68,15 @@ def _add_clickhouse_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_tenant_attribute_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tenant-attribute",
+        metavar="NAME",
+        help="OTel spans: the span (else resource) attribute holding the tenant; none: rejected "
+        "missing_field (env LLMOPS_TENANT_ATTRIBUTE, default tenant.id)",
+    )
+
+
 def _add_kafka_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--bootstrap-servers",
@@ -101,10 +110,19 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser(
         "replay",
         help="JSONL events (files or - for stdin) through the engine, no Kafka",
-        description="Replay call events, one JSON object per line, through the engine into "
-        "ClickHouse. Replaying the same file twice stores nothing twice.",
+        description="Replay call events, one JSON object per line (or OTel GenAI spans with "
+        "--format otlp-json), through the engine into ClickHouse. Replaying the same file "
+        "twice stores nothing twice.",
     )
     rep.add_argument("files", nargs="+", metavar="FILE", help="JSONL file(s), or - for stdin")
+    rep.add_argument(
+        "--format",
+        default="jsonl",
+        metavar="jsonl|otlp-json",
+        help="jsonl (default): a call event per line; otlp-json: an OTLP trace export per line "
+        "(the OTel Collector's file exporter), whose GenAI inference spans become call events",
+    )
+    _add_tenant_attribute_flag(rep)
     _add_engine_flags(rep)
 
     run = sub.add_parser(
@@ -125,6 +143,19 @@ def build_parser() -> argparse.ArgumentParser:
         dest="worker_id",
         help="a name for this worker in its logs; replicas may share it (env LLMOPS_WORKER_ID)",
     )
+    run.add_argument(
+        "--otlp-topic",
+        metavar="TOPIC",
+        help="also consume OTel GenAI spans from TOPIC (the OTel Collector's Kafka exporter; "
+        "its default topic is otlp_spans) (env LLMOPS_OTLP_TOPIC, default empty = off)",
+    )
+    run.add_argument(
+        "--otlp-encoding",
+        metavar="otlp_proto|otlp_json",
+        help="the exporter's encoding of --otlp-topic (env LLMOPS_OTLP_ENCODING, default "
+        "otlp_proto)",
+    )
+    _add_tenant_attribute_flag(run)
 
     load = sub.add_parser(
         "loadgen",
@@ -162,6 +193,9 @@ _FLAGS = {
     "group": "--group",
     "topic": "--topic",
     "worker_id": "--worker-id",
+    "otlp_topic": "--otlp-topic",
+    "otlp_encoding": "--otlp-encoding",
+    "tenant_attribute": "--tenant-attribute",
 }
 
 
@@ -200,8 +234,10 @@ def _connect(settings: Settings) -> Any:
 def cmd_replay(args: argparse.Namespace, console: Console) -> int:
     """``replay FILE…|-``."""
     from llmops_stream.stream.clickhouse.sink import ClickHouseSink  # noqa: PLC0415
-    from llmops_stream.stream.files.replay import build_engine, replay  # noqa: PLC0415
+    from llmops_stream.stream.files.replay import FORMATS, build_engine, replay  # noqa: PLC0415
 
+    if args.format not in FORMATS:
+        raise ConfigError(f"bad --format {args.format!r}: use one of {', '.join(FORMATS)}")
     for f in args.files:
         if f != "-" and not Path(f).is_file():
             raise ConfigError(f"no such file: {f}")
@@ -228,6 +264,8 @@ def cmd_replay(args: argparse.Namespace, console: Console) -> int:
             batch_size=settings.batch_size,
             flush_rows=settings.flush_rows,
             on_progress=on_progress,
+            fmt=args.format,
+            tenant_attribute=settings.tenant_attribute,
         )
     _print_run_summary(
         console,
@@ -259,6 +297,10 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     import signal  # noqa: PLC0415
 
     from llmops_stream.stream.files.replay import build_engine_config  # noqa: PLC0415
+    from llmops_stream.stream.kafka.otlp_relay import (  # noqa: PLC0415
+        relay_from_settings,
+        run_with_relay,
+    )
     from llmops_stream.stream.kafka.worker import Worker  # noqa: PLC0415
     from llmops_stream.stream.runtime.metrics import WorkerMetrics  # noqa: PLC0415
 
@@ -289,7 +331,8 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
             loop.add_signal_handler(sig, stop.set)
         # partitions share one config: prices, budgets and eval sets are read-only to them
         worker = Worker(settings, lambda: config, client, metrics=metrics, eval_watcher=watcher)
-        await worker.run(stop)
+        # with --otlp-topic, the relay re-keys OTel spans into the calls topic beside it
+        await run_with_relay(worker.run, relay_from_settings(settings, metrics), stop)
 
     from aiokafka.errors import KafkaConnectionError  # noqa: PLC0415
 
@@ -401,6 +444,8 @@ def _print_run_summary(
         f"{stats.get('duplicates', 0):,} duplicates, {stats.get('rejected', 0):,} rejected, "
         f"{stats.get('unpriced', 0):,} unpriced."
     )
+    if stats.get("spans_skipped"):
+        console.print(f"Skipped {stats['spans_skipped']:,} OTel spans that are no inference call.")
     reasons = {k.split(":", 1)[1]: v for k, v in stats.items() if k.startswith("rejected:")}
     if reasons:
         console.print(

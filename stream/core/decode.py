@@ -58,6 +58,8 @@ REJECT_REASONS: dict[str, str] = {
     "future skew (LLMOPS_MAX_FUTURE_SKEW_S, default 900 s)",
     "invalid_value": "a value outside its allowed set or range: unknown status, event_id or "
     "tenant_id empty or longer than 128 characters, negative latency_ms/ttft_ms",
+    "invalid_otlp": "an OTel span input that is not a decodable ExportTraceServiceRequest in "
+    "its encoding, or an inference span whose trace/span id is not 16/8 bytes",
 }
 
 Tokens = Annotated[int, msgspec.Meta(ge=0, le=MAX_TOKENS)]

@@ -1,4 +1,4 @@
-"""File replay: JSONL events through the engine into a sink, in micro-batches.
+"""File replay: JSONL events (or OTLP JSON span lines) through the engine into a sink.
 
 Used by ``replay`` and ``demo``. Positions are (file number, line number), blank lines
 included. Replaying the same files again stores nothing twice, whatever the batch size:
@@ -18,6 +18,16 @@ included. Replaying the same files again stores nothing twice, whatever the batc
   the digests of every file, in order.
 
 The tokens depend on ``flush_rows``: replays meant to deduplicate must use the same value.
+
+``--format otlp-json`` files hold one OTLP ``ExportTraceServiceRequest`` per line (as the
+OTel Collector's file exporter writes them); :func:`feed_otlp` converts each line's GenAI
+spans to events (:mod:`..core.otlp`). One line may hold thousands of spans, so there
+positions count spans, not lines: the offset of a span's event (or reject) is its number
+in the file, counting every span (a line that is no readable request counts as one), and a
+flush falls after each line where that count passes a multiple of ``flush_rows``; tokens
+still name line ranges, with the digest seeded by the format and tenant attribute (the
+same file read as JSONL, or with another tenant attribute, holds other rows). All of it
+follows from the content, so a rerun gives the same positions, flushes and tokens.
 """
 
 from __future__ import annotations
@@ -29,17 +39,21 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from llmops_stream.stream.clickhouse.sink import ClickHouseSink
 from llmops_stream.stream.core.budgets import BudgetConfig, load_budgets
-from llmops_stream.stream.core.engine import Engine, EngineConfig
+from llmops_stream.stream.core.engine import BatchOutput, Engine, EngineConfig
 from llmops_stream.stream.core.evalset import EvalSet, load_eval_sets
 from llmops_stream.stream.core.freshness import FreshnessConfig
+from llmops_stream.stream.core.otlp import DEFAULT_TENANT_ATTRIBUTE, SpanReject, spans_to_events
 from llmops_stream.stream.core.pricing import PriceTable, load_price_overrides
 from llmops_stream.stream.runtime.settings import Settings
+
+#: file formats of ``replay --format``
+FORMATS = ("jsonl", "otlp-json")
 
 
 def build_engine(settings: Settings) -> Engine:
@@ -137,12 +151,19 @@ def replay(
     batch_size: int,
     flush_rows: int,
     on_progress: Callable[[int, int], None] | None = None,
+    fmt: str = "jsonl",
+    tenant_attribute: str = DEFAULT_TENANT_ATTRIBUTE,
 ) -> ReplayStats:
-    """Replay JSONL ``sources`` (paths, ``-`` = stdin) through ``engine`` into ``sink``.
+    """Replay ``sources`` (paths, ``-`` = stdin) of format ``fmt`` (one of :data:`FORMATS`)
+    through ``engine`` into ``sink``.
 
     ``on_progress(bytes_consumed, events)`` is called after every batch. Flushes fall every
-    ``flush_rows`` lines of each file whatever ``batch_size`` (see the module doc).
+    ``flush_rows`` lines of each file (spans, for ``otlp-json``) whatever ``batch_size``
+    (see the module doc). ``tenant_attribute`` names the span or resource attribute holding
+    the tenant of ``otlp-json`` spans.
     """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown replay format {fmt!r}: one of {', '.join(FORMATS)}")
     result = ReplayStats()
     started = time.perf_counter()
     whole = hashlib.blake2b(digest_size=16)
@@ -150,16 +171,30 @@ def replay(
         name = "stdin" if src == "-" else Path(src).name
         stream = sys.stdin.buffer if src == "-" else open(src, "rb")  # noqa: SIM115
         try:
-            digest = feed(
-                name,
-                file_no,
-                read_batches(stream, batch_size),
-                engine,
-                sink,
-                result,
-                flush_rows=flush_rows,
-                on_progress=on_progress,
-            )
+            if fmt == "otlp-json":
+                digest = feed_otlp(
+                    name,
+                    file_no,
+                    stream,
+                    engine,
+                    sink,
+                    result,
+                    batch_size=batch_size,
+                    flush_rows=flush_rows,
+                    tenant_attribute=tenant_attribute,
+                    on_progress=on_progress,
+                )
+            else:
+                digest = feed(
+                    name,
+                    file_no,
+                    read_batches(stream, batch_size),
+                    engine,
+                    sink,
+                    result,
+                    flush_rows=flush_rows,
+                    on_progress=on_progress,
+                )
         finally:
             if stream is not sys.stdin.buffer:
                 stream.close()
@@ -219,6 +254,124 @@ def feed(  # noqa: PLR0917 - a source's name, number and batches, then where the
     if sink is not None and line_no > pending_from:
         sink.flush(_token(pending_from, line_no, digest))
     return digest.hexdigest()
+
+
+def feed_otlp(  # noqa: PLR0917 - as feed: a source's name, number and lines, then where they go
+    name: str,
+    file_no: int,
+    lines: Iterable[bytes],
+    engine: Engine,
+    sink: ClickHouseSink | None,
+    result: ReplayStats,
+    *,
+    batch_size: int,
+    flush_rows: int,
+    tenant_attribute: str = DEFAULT_TENANT_ATTRIBUTE,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> str:
+    """Process the OTLP JSON ``lines`` of one source (one ``ExportTraceServiceRequest``
+    each): their inference spans' events through ``engine``, in batches of about
+    ``batch_size``; conversion rejects into the rejected rows, skipped spans counted as
+    ``spans_skipped``. Positions and flushes as the module doc says. Returns the digest of
+    the source (BLAKE2b-128 of its lines, seeded by the format and tenant attribute)."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(b"otlp-json\x00" + tenant_attribute.encode() + b"\n")
+    batch = _SpanBatch()
+    line_no = pending_from = position = 0
+    block = 0  # flush_rows blocks of positions already flushed
+    for raw in lines:
+        line = raw.rstrip(b"\r\n")
+        digest.update(line + b"\n")
+        line_no += 1
+        batch.consumed += len(raw)
+        if line.strip():
+            spans = spans_to_events(line, "otlp_json", tenant_attribute=tenant_attribute)
+            n = len(spans.events)
+            batch.events += spans.events
+            batch.offsets.extend(range(position, position + n))
+            batch.rejects += [(rej, position + n + j) for j, rej in enumerate(spans.rejected)]
+            position += n + len(spans.rejected) + spans.skipped
+            result.stats["spans_skipped"] += spans.skipped
+        if position // flush_rows > block:
+            batch = _process(batch, engine, name, file_no, sink, result, on_progress)
+            block = position // flush_rows
+            if sink is not None:
+                sink.flush(_token(pending_from, line_no, digest))
+                pending_from = line_no
+        elif len(batch.events) >= batch_size:
+            batch = _process(batch, engine, name, file_no, sink, result, on_progress)
+    _process(batch, engine, name, file_no, sink, result, on_progress)
+    if sink is not None and line_no > pending_from:
+        sink.flush(_token(pending_from, line_no, digest))
+    return digest.hexdigest()
+
+
+@dataclass
+class _SpanBatch:
+    """Converted spans waiting for the engine: events with their offsets, and rejects."""
+
+    events: list[bytes] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+    rejects: list[tuple[SpanReject, int]] = field(default_factory=list)
+    consumed: int = 0  # bytes read for them
+
+
+def _process(  # noqa: PLR0917 - one batch, then where it goes
+    batch: _SpanBatch,
+    engine: Engine,
+    name: str,
+    file_no: int,
+    sink: ClickHouseSink | None,
+    result: ReplayStats,
+    on_progress: Callable[[int, int], None] | None,
+) -> _SpanBatch:
+    """Run ``batch`` through the engine, add its conversion rejects, hand it to the sink;
+    returns a fresh batch."""
+    if not batch.events and not batch.rejects:
+        return batch
+    source = f"replay:{name}"
+    n = len(batch.events)
+    out = engine.process(
+        batch.events,
+        source=source,
+        partitions=np.full(n, file_no, np.int32),
+        offsets=np.asarray(batch.offsets, dtype=np.int64),
+    )
+    if batch.rejects:
+        _add_rejects(out, batch.rejects, source, file_no)
+    result.stats.update(out.stats)
+    result.alerts.update(a.type for a in out.alerts if a.status == "firing")
+    result.alert_statuses.update(a.status for a in out.alerts)
+    if sink is not None:
+        sink.add(out)
+    if on_progress is not None:
+        on_progress(batch.consumed, n + len(batch.rejects))
+    return _SpanBatch()
+
+
+def _add_rejects(
+    out: BatchOutput, rejects: list[tuple[SpanReject, int]], source: str, file_no: int
+) -> None:
+    """Append span rejects to the engine's rejected columns and counts (a reject is an
+    event seen, as a rejected JSON event is)."""
+    cols: dict[str, Any] = out.rejected
+    for rej, _ in rejects:
+        cols["reason"].append(rej.reason)
+        cols["detail"].append(rej.detail)
+        cols["tenant_id"].append(rej.tenant_id)
+        cols["event_id"].append(rej.event_id)
+        cols["source"].append(source)
+        cols["raw"].append(rej.raw)
+        out.stats[f"rejected:{rej.reason}"] += 1
+    k = len(rejects)
+    cols["kafka_partition"] = np.concatenate(
+        [cols["kafka_partition"], np.full(k, file_no, np.int32)]
+    )
+    cols["kafka_offset"] = np.concatenate(
+        [cols["kafka_offset"], np.array([pos for _, pos in rejects], np.int64)]
+    )
+    out.stats["rejected"] += k
+    out.stats["events"] += k
 
 
 def _token(first: int, end: int, digest: hashlib.blake2b) -> str:

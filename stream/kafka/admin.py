@@ -31,6 +31,8 @@ async def ensure_topics(settings: Settings) -> None:
     await admin.start()
     try:
         wanted = {settings.topic: settings.partitions}
+        if settings.otlp_topic:  # the Collector usually creates it; if not, we do
+            wanted[settings.otlp_topic] = settings.partitions
         for name in output_topics(settings.output_topic_prefix).values():
             wanted[name] = settings.partitions
         existing = set(await admin.list_topics())

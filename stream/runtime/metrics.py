@@ -59,6 +59,13 @@ class WorkerMetrics:
             registry=r,
         )
         self.assigned = Gauge("llmops_partitions_assigned", "Partitions owned", registry=r)
+        self.otlp_spans = PCounter(
+            "llmops_otlp_spans",
+            "OTel spans read by the OTLP relay: relayed as calls, skipped (not an inference), "
+            "rejected (to the DLQ)",
+            ["result"],
+            registry=r,
+        )
         self.totals: Counter[str] = Counter()
         self._window_start = time.monotonic()
         self._window_events = 0
@@ -82,6 +89,15 @@ class WorkerMetrics:
                 self.rejected.labels(key.split(":", 1)[1]).inc(n)
         self.totals.update(stats)
         self._window_events += stats.get("events", 0)
+
+    def record_otlp(self, relayed: int, skipped: int, rejected: list[str]) -> None:
+        """Spans the OTLP relay read: relayed, skipped, and the reasons of the rejected."""
+        self.otlp_spans.labels("relayed").inc(relayed)
+        self.otlp_spans.labels("skipped").inc(skipped)
+        self.otlp_spans.labels("rejected").inc(len(rejected))
+        for reason in rejected:
+            self.rejected.labels(reason).inc()
+            self.totals[f"rejected:{reason}"] += 1
 
     def record_alerts(self, types: list[str]) -> None:
         for t in types:

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -41,6 +42,7 @@ OTHER_ENV: Mapping[str, str] = {
 }
 
 DEFAULT_CLICKHOUSE = "chdb://~/.local/share/llmops-stream/chdb"
+_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
 
 class Settings(BaseSettings):
@@ -114,6 +116,19 @@ class Settings(BaseSettings):
     )
     group: str = "llmops-stream"
     topic: str = "llm.calls"
+    otlp_topic: str = Field(
+        "",
+        description="topic of OTel GenAI spans (the Collector's Kafka exporter) consumed beside "
+        "the call events; empty = off",
+    )
+    otlp_encoding: Literal["otlp_proto", "otlp_json"] = Field(
+        "otlp_proto", description="how the Collector's Kafka exporter encodes the spans"
+    )
+    tenant_attribute: str = Field(
+        "tenant.id",
+        min_length=1,
+        description="span or resource attribute holding the tenant of an OTel span",
+    )
     output_topic_prefix: str = Field(
         "", description="prefix of every output topic ('staging.' → staging.llm.alerts.budget)"
     )
@@ -130,6 +145,29 @@ class Settings(BaseSettings):
     log_level: str = Field(
         "WARNING", description="DEBUG, INFO, WARNING, ERROR or CRITICAL (any case)"
     )
+
+    @field_validator("otlp_topic")
+    @classmethod
+    def _topic_name(cls, value: str) -> str:
+        # Kafka's own rule for topic names; checked here so that a typo fails at start-up
+        if value and not _TOPIC_NAME.fullmatch(value):
+            raise PydanticCustomError(
+                "topic_name",
+                "Input should be a Kafka topic name: 1 to 249 letters, digits, '.', '_' or '-' "
+                "(empty = off)",
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _two_inputs(self) -> Settings:
+        if self.otlp_topic and self.otlp_topic == self.topic:
+            raise PydanticCustomError(
+                "otlp_topic",
+                "the OTel span topic (LLMOPS_OTLP_TOPIC, --otlp-topic) must differ from the call "
+                "event topic (LLMOPS_TOPIC, --topic): both are '{topic}'",
+                {"topic": self.topic},
+            )
+        return self
 
     @field_validator("log_level")
     @classmethod

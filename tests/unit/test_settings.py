@@ -4,6 +4,7 @@ sets the level of the project's loggers."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import subprocess
@@ -156,3 +157,106 @@ def test_bad_log_level_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
     ]
     with pytest.raises(ValueError, match="DEBUG, INFO, WARNING, ERROR, CRITICAL"):
         set_log_level("verbose")
+
+
+def test_otel_span_input_settings_and_their_env_twins(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = load_settings({})
+    assert (settings.otlp_topic, settings.otlp_encoding, settings.tenant_attribute) == (
+        "",  # off
+        "otlp_proto",  # the Collector's Kafka exporter default
+        "tenant.id",
+    )
+    monkeypatch.setenv("LLMOPS_OTLP_TOPIC", "otlp_spans")
+    monkeypatch.setenv("LLMOPS_OTLP_ENCODING", "otlp_json")
+    monkeypatch.setenv("LLMOPS_TENANT_ATTRIBUTE", "org.id")
+    assert unknown_env() == []
+    settings = load_settings({})
+    assert (settings.otlp_topic, settings.otlp_encoding, settings.tenant_attribute) == (
+        "otlp_spans",
+        "otlp_json",
+        "org.id",
+    )
+    monkeypatch.setenv("LLMOPS_OTLP_ENCODEING", "otlp_json")
+    assert problems_of() == [
+        "unknown setting LLMOPS_OTLP_ENCODEING (did you mean LLMOPS_OTLP_ENCODING?)"
+    ]
+
+
+def test_run_flags_set_the_otel_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLMOPS_TENANT_ATTRIBUTE", "from.env")
+    args = build_parser().parse_args(
+        ["run", "--otlp-topic", "traces.genai", "--otlp-encoding", "otlp_json",
+         "--tenant-attribute", "customer.id"]
+    )  # fmt: skip
+    settings = _settings(args)
+    assert settings.otlp_topic == "traces.genai"
+    assert settings.otlp_encoding == "otlp_json"
+    assert settings.tenant_attribute == "customer.id"  # the flag beats its env twin
+    replay = _settings(build_parser().parse_args(["replay", "f.jsonl"]))
+    assert replay.tenant_attribute == "from.env"
+    assert build_parser().parse_args(["replay", "f"]).format == "jsonl"
+
+
+@pytest.mark.parametrize(
+    ("flags", "problem"),
+    [
+        (["--otlp-encoding", "protobuf"],
+         "bad setting --otlp-encoding (env twin LLMOPS_OTLP_ENCODING): Input should be "
+         "'otlp_proto' or 'otlp_json' (got 'protobuf')"),
+        (["--otlp-topic", "genai spans"],
+         "bad setting --otlp-topic (env twin LLMOPS_OTLP_TOPIC): Input should be a Kafka topic "
+         "name: 1 to 249 letters, digits, '.', '_' or '-' (empty = off) (got 'genai spans')"),
+        (["--otlp-topic", "llm.calls"],
+         "bad configuration: the OTel span topic (LLMOPS_OTLP_TOPIC, --otlp-topic) must differ "
+         "from the call event topic (LLMOPS_TOPIC, --topic): both are 'llm.calls'"),
+        (["--tenant-attribute", ""],
+         "bad setting --tenant-attribute (env twin LLMOPS_TENANT_ATTRIBUTE): String should have "
+         "at least 1 character (got '')"),
+    ],
+)  # fmt: skip
+def test_bad_otel_settings_are_one_line_each(flags: list[str], problem: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        _settings(build_parser().parse_args(["run", *flags]))
+    assert str(exc.value).splitlines() == [problem]
+
+
+def test_cli_bad_otlp_encoding_exits_2_without_traceback() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("LLMOPS_")}
+    env |= {"LLMOPS_OTLP_ENCODING": "json", "COLUMNS": "40"}
+    run = subprocess.run(
+        [sys.executable, "-m", "llmops_stream.stream.cli", "run", "--otlp-topic", "spans"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 2, run.stderr
+    assert "Traceback" not in run.stderr
+    assert run.stderr.splitlines() == [
+        "error: bad setting LLMOPS_OTLP_ENCODING: Input should be 'otlp_proto' or 'otlp_json' "
+        "(got 'json')"
+    ]
+
+
+def test_help_explains_the_otel_flags() -> None:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    run_help = " ".join(sub.choices["run"].format_help().split())
+    expected = (
+        "--otlp-topic TOPIC", "--otlp-encoding otlp_proto|otlp_json", "--tenant-attribute NAME",
+        "LLMOPS_OTLP_TOPIC", "LLMOPS_OTLP_ENCODING", "LLMOPS_TENANT_ATTRIBUTE",
+        "default empty = off", "default tenant.id",
+    )  # fmt: skip
+    for text in expected:
+        assert text in run_help, text
+    replay_help = " ".join(sub.choices["replay"].format_help().split())
+    assert "--format jsonl|otlp-json" in replay_help and "--tenant-attribute NAME" in replay_help
+
+
+def test_otlp_encoding_choices_are_the_converters() -> None:
+    from typing import get_args
+
+    from llmops_stream.stream.core.otlp import OTLP_ENCODINGS
+
+    assert get_args(Settings.model_fields["otlp_encoding"].annotation) == OTLP_ENCODINGS
