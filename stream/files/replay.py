@@ -93,6 +93,8 @@ def build_engine_config(
         budget_hysteresis=settings.budget_hysteresis,
         alert_max_window_ms=int(settings.alert_max_window_h * 3_600_000),
         share_hysteresis=settings.share_hysteresis,
+        model_min_calls=settings.model_min_calls,
+        model_settle_ms=int(settings.model_settle_h * 3_600_000),
     )
 
 

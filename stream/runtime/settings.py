@@ -96,6 +96,12 @@ class Settings(BaseSettings):
     alert_max_window_h: float = Field(
         24.0, gt=0, description="longest span a drift/freshness share is judged over"
     )
+    model_min_calls: int = Field(
+        20, ge=1, description="calls a new served model needs before it can take over"
+    )
+    model_settle_h: float = Field(
+        24.0, gt=0, description="stream time after a served-model change when its alert resolves"
+    )
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     kafka_security_protocol: str = Field(
         "PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"

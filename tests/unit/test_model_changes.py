@@ -5,6 +5,7 @@ against the per-event reference, over batch splits, restarts and a controllable 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -13,6 +14,8 @@ from llmops_stream.stream.core.engine import Engine, EngineConfig
 from llmops_stream.stream.core.model_changes import ServedModels
 from llmops_stream.stream.core.pricing import PriceTable
 from llmops_stream.stream.core.timeutil import iso_to_ms
+from llmops_stream.stream.files.replay import build_engine_config
+from llmops_stream.stream.runtime.settings import Settings
 from llmops_stream.stream.testing import T0_MS, ListSink, ManualClock, MemorySource, run_engine
 from tests.reference_model_changes import Call, Emitted, reference_alerts
 
@@ -224,3 +227,12 @@ def test_engine_switch_in_a_replay_gives_one_model_alert_per_tenant_then_resolve
     # The state survives a checkpoint.
     again = Engine.restore(config, engine.snapshot(), wall)
     assert again.served_models.snapshot() == engine.served_models.snapshot()
+
+
+def test_settings_reach_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLMOPS_MODEL_MIN_CALLS", "7")
+    monkeypatch.setenv("LLMOPS_MODEL_SETTLE_H", "2")
+    config = build_engine_config(Settings(), None)
+    assert (config.model_min_calls, config.model_settle_ms) == (7, 7_200_000)
+    engine = Engine(config)
+    assert (engine.served_models.min_calls, engine.served_models.settle_ms) == (7, 7_200_000)
