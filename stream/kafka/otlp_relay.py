@@ -91,6 +91,8 @@ class _Listener(ConsumerRebalanceListener):  # aiokafka requires this base class
         for tp in revoked:
             await self.relay.producers.close(tp)
             self.relay.owned.discard(tp)
+            self.relay.next_offset.pop(tp, None)
+            self.relay._attempted.discard(tp)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         for tp in assigned:
@@ -134,6 +136,10 @@ class OtlpRelay:
             kafka_kwargs, self.group, transaction_timeout_ms=transaction_timeout_ms
         )
         self.owned: set[TopicPartition] = set()
+        # next offset to relay per owned partition: records below it (a fetch made before
+        # the seek of take(), delivered after it) were relayed already or belong to no one
+        self.next_offset: dict[TopicPartition, int] = {}
+        self._attempted: set[TopicPartition] = set()  # a commit of it failed: check first
         self.consumer: AIOKafkaConsumer | None = None
         self.totals = {"records": 0, "events": 0, "skipped": 0, "rejected": 0}
 
@@ -170,6 +176,7 @@ class OtlpRelay:
         if committed is None:
             committed = (await self.consumer.beginning_offsets([tp]))[tp]
         self.consumer.seek(tp, committed)
+        self.next_offset[tp] = committed
         self.owned.add(tp)
         log.info("otlp relay assigned %s[%d] from offset %d", tp.topic, tp.partition, committed)
 
@@ -211,14 +218,33 @@ class OtlpRelay:
         return out
 
     async def _relay(self, tp: TopicPartition, recs: list[Any]) -> None:
+        start = self.next_offset.get(tp, 0)
+        if recs[0].offset < start:
+            log.debug("otlp relay: %s[%d] skips records below %d", tp.topic, tp.partition, start)
+            recs = [r for r in recs if r.offset >= start]
+            if not recs:
+                return
         records = self.convert(tp, recs)
         end = int(recs[-1].offset) + 1
         try:
-            await self._retry(lambda: self.producers.commit(tp, records, end))
+            await self._retry(lambda: self._commit_once(tp, records, end))
         except Fenced as exc:
             # another relay owns it now; it redoes these records from the committed offset
             log.warning("otlp relay: %s", exc)
             self.owned.discard(tp)
+            return
+        self.next_offset[tp] = end
+
+    async def _commit_once(self, tp: TopicPartition, records: list[Record], end: int) -> None:
+        """One attempt; a retry first checks whether the failed attempt went through after
+        all (an ambiguous error after the broker committed), so nothing is relayed twice."""
+        if self.consumer is not None and tp in self._attempted:
+            committed = await self.consumer.committed(tp)
+            if committed is not None and committed >= end:
+                return
+        self._attempted.add(tp)
+        await self.producers.commit(tp, records, end)  # raises: _attempted stays set
+        self._attempted.discard(tp)
 
     async def _retry(self, fn: Any) -> Any:
         delay = 0.2
