@@ -417,6 +417,7 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
         result.alerts,
         result.seconds,
         result.alert_statuses.get("resolved", 0),
+        generate_seconds=result.generate_seconds,
     )
     from llmops_stream.stream.clickhouse.report import budget_states, build_report  # noqa: PLC0415
 
@@ -435,7 +436,13 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
 
 
 def _print_run_summary(
-    console: Console, stats: Any, alerts: Any, seconds: float, resolved: int = 0
+    console: Console,
+    stats: Any,
+    alerts: Any,
+    seconds: float,
+    resolved: int = 0,
+    *,
+    generate_seconds: float = 0.0,
 ) -> None:
     events = stats.get("events", 0)
     console.print(
@@ -444,6 +451,12 @@ def _print_run_summary(
         f"{stats.get('duplicates', 0):,} duplicates, {stats.get('rejected', 0):,} rejected, "
         f"{stats.get('unpriced', 0):,} unpriced."
     )
+    if generate_seconds:
+        own = max(seconds - generate_seconds, 1e-9)
+        console.print(
+            f"Engine and ClickHouse: {events / own:,.0f} events/s ({own:.1f} s); making the "
+            f"synthetic traffic took the other {generate_seconds:.1f} s."
+        )
     if stats.get("spans_skipped"):
         console.print(f"Skipped {stats['spans_skipped']:,} OTel spans that are no inference call.")
     reasons = {k.split(":", 1)[1]: v for k, v in stats.items() if k.startswith("rejected:")}

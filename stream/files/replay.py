@@ -107,6 +107,7 @@ class ReplayStats:
     alerts: Counter[str] = field(default_factory=Counter)
     alert_statuses: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
+    generate_seconds: float = 0.0  # of ``seconds``, spent making the traffic (demo only)
 
 
 def read_batches(stream: BinaryIO, batch_size: int) -> Iterator[tuple[list[bytes], int]]:
