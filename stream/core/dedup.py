@@ -236,7 +236,17 @@ def _keys_and_offsets(tenant_ids: Arr, event_ids: Arr, offsets: Arr) -> tuple[Ar
 
 
 def _new_tables() -> Any:
-    return TypedList([np.zeros(_MIN_CAP, np.uint64) for _ in range(_NSHARDS)])
+    """The shards' empty tables, as a numba typed list (built by a cached kernel: building
+    it from Python compiles numba's own list helpers anew in every process, ~2.5 s)."""
+    return _make_tables(_NSHARDS, _MIN_CAP)
+
+
+@njit
+def _make_tables(n: int, cap: int) -> Any:  # pragma: no cover - jit
+    tabs = TypedList()
+    for _ in range(n):
+        tabs.append(np.zeros(cap, np.uint64))
+    return tabs
 
 
 # --------------------------------------------------------------------------- the set
