@@ -411,7 +411,7 @@ def test_bad_events_cover_every_reason_and_validate_as_labelled() -> None:
     for raw, reason in bad:
         assert reason_of(raw) == reason, (reason, raw[:200])
     assert [r for _, r in bad] == [r for _, r in generate_bad_events(seed=3)]
-    sizes = {reason: max(len(raw) for raw, r in bad if r == reason) for reason, _ in bad}
+    sizes = {reason: max(len(raw) for raw, r in bad if r == reason) for _, reason in bad}
     assert sizes["too_large"] > (1 << 20)
     assert all(size < (1 << 20) for reason, size in sizes.items() if reason != "too_large")
 
