@@ -20,6 +20,8 @@ RUN pip install . && rm -rf /src
 RUN useradd --system --create-home --uid 10001 llmops
 USER llmops
 WORKDIR /home/llmops
+# the agents' eval-set refresh files (LLMOPS_REFRESH_DIR in docker-compose.yml)
+RUN mkdir -p /home/llmops/eval-refresh
 # numba caches compiled kernels next to the installed modules by default, which this
 # unprivileged user cannot write; the embedded chDB default path lives in $HOME too.
 ENV NUMBA_CACHE_DIR=/home/llmops/.cache/numba

@@ -31,6 +31,8 @@ from llmops_stream.stream.core.errors import ConfigError
 from llmops_stream.stream.runtime.logs import set_log_level, setup_logging
 from llmops_stream.stream.runtime.settings import Settings, load_settings
 
+from .agents_cmd import add_agents_parser, cmd_agents
+
 EXIT_USAGE = 2
 
 _DESCRIPTION = """\
@@ -176,8 +178,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Per-tenant totals (calls, cost, tokens, drift, freshness, rejected) "
         "and alerts from ClickHouse.",
     )
-    report.add_argument("--json", action="store_true", help="print the JSON report")
+    output = report.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print the JSON report")
+    output.add_argument(
+        "--html",
+        metavar="FILE",
+        help="write a self-contained HTML page of charts (cost, budgets, drift, freshness, "
+        "alerts) and the totals to FILE",
+    )
     _add_clickhouse_flags(report)
+    add_agents_parser(sub)
     return parser
 
 
@@ -278,16 +288,30 @@ def cmd_replay(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
-    """``report [--json]``."""
+    """``report [--json|--html FILE]``."""
     from llmops_stream.stream.clickhouse.report import budget_states, build_report  # noqa: PLC0415
 
     settings = _settings(args)
+    if args.html is not None:
+        # matplotlib is imported only here; the target is checked before any query
+        from llmops_stream.stream.clickhouse import html_report  # noqa: PLC0415
+
+        target = html_report.check_target(args.html)
     client = _connect(settings)
     rep = build_report(client, settings.clickhouse_database)
     if args.json:
         sys.stdout.write(orjson.dumps(rep, option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0
-    _print_report(console, rep, budget_states(client, settings.clickhouse_database))
+    states = budget_states(client, settings.clickhouse_database)
+    if args.html is not None:
+        size = html_report.write_report(target, client, settings, rep, states)
+        console.print(
+            f"Wrote the HTML report ({size / 1024:,.0f} KB) to {escape(str(target))}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return 0
+    _print_report(console, rep, states)
     return 0
 
 
@@ -531,6 +555,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "report": cmd_report,
         "run": cmd_run,
         "loadgen": cmd_loadgen,
+        "agents": cmd_agents,
     }
     try:
         return handlers[args.command](args, console)

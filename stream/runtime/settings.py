@@ -33,15 +33,10 @@ ENV_PREFIX = "LLMOPS_"
 OTHER_ENV: Mapping[str, str] = {
     # the jar cache of the local Kafka launcher (stream/dev/kafka_fetch.py)
     "LLMOPS_KAFKA_CACHE": "jar cache of the local Kafka broker (stream/dev)",
-    # reserved for the `agents` command (SPEC §4)
-    "LLMOPS_AGENTS_HOST": "agents: HTTP host",
-    "LLMOPS_AGENTS_PORT": "agents: HTTP port",
-    "LLMOPS_AGENTS_TOKEN": "agents: bearer token",
-    "LLMOPS_WEBHOOKS": "agents: alert-routing file",
-    "LLMOPS_REFRESH_DIR": "agents: eval-set refresh directory",
 }
 
 DEFAULT_CLICKHOUSE = "chdb://~/.local/share/llmops-stream/chdb"
+DEFAULT_AGENTS_DATA_DIR = Path("~/.local/share/llmops-stream/agents")
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
 
@@ -151,6 +146,32 @@ class Settings(BaseSettings):
     log_level: str = Field(
         "WARNING", description="DEBUG, INFO, WARNING, ERROR or CRITICAL (any case)"
     )
+    # `llmops-stream agents` (SPEC §4, agents/): the faust app for gateways and alert consumers
+    agents_host: str = Field("127.0.0.1", min_length=1, description="agents: HTTP host")
+    agents_port: int = Field(6066, ge=1, le=65535, description="agents: HTTP port")
+    agents_token: SecretStr = Field(
+        SecretStr(""), description="agents: bearer token of the HTTP API, empty = no token"
+    )
+    agents_app_id: str = Field(
+        "llmops-agents",
+        description="agents: faust app id (its consumer group and the prefix of its changelog "
+        "topics)",
+    )
+    agents_data_dir: Path = Field(
+        DEFAULT_AGENTS_DATA_DIR, description="agents: faust's local data directory"
+    )
+    webhooks: Path | None = Field(None, description="agents: alert-routing JSON file")
+    webhook_timeout_s: float = Field(10.0, gt=0, description="agents: timeout of one POST")
+    webhook_max_backoff_s: float = Field(
+        60.0, gt=0, description="agents: longest wait between two tries of a failing route"
+    )
+    refresh_dir: Path | None = Field(None, description="agents: eval-set refresh directory")
+    refresh_max: int = Field(
+        10_000, ge=1, description="agents: candidates kept per embedding model (newest win)"
+    )
+    refresh_interval_s: float = Field(
+        5.0, gt=0, description="agents: how often changed refresh files are rewritten"
+    )
 
     @field_validator("otlp_topic")
     @classmethod
@@ -161,6 +182,18 @@ class Settings(BaseSettings):
                 "topic_name",
                 "Input should be a Kafka topic name: 1 to 249 letters, digits, '.', '_' or '-' "
                 "(empty = off)",
+            )
+        return value
+
+    @field_validator("agents_app_id")
+    @classmethod
+    def _app_id(cls, value: str) -> str:
+        # it names the consumer group and prefixes the agents' changelog topics
+        if not _TOPIC_NAME.fullmatch(value) or len(value) > 200:
+            raise PydanticCustomError(
+                "app_id",
+                "Input should be 1 to 200 letters, digits, '.', '_' or '-' (it prefixes the "
+                "agents' Kafka topic names)",
             )
         return value
 

@@ -10,6 +10,7 @@ ClickHouse (chDB) against the real schema.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import subprocess
@@ -23,10 +24,11 @@ from typing import Any
 import pytest
 import yaml
 
+from llmops_stream.agents.webhooks import load_webhooks
 from llmops_stream.stream.cli.main import build_parser
 from llmops_stream.stream.core.budgets import load_budgets
 from llmops_stream.stream.dev.kafka_broker import KAFKA_VERSION, LOG4J_VERSION, POM_TEMPLATE
-from llmops_stream.stream.runtime.settings import Settings
+from llmops_stream.stream.runtime.settings import OTHER_ENV, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAFANA = ROOT / "deploy" / "grafana"
@@ -92,7 +94,9 @@ def schema_tables() -> dict[str, set[str]]:
 
 
 def test_compose_has_the_stack(services: dict[str, Any]) -> None:
-    assert {"kafka", "kafka-init", "clickhouse", "grafana", "worker", "loadgen"} <= set(services)
+    assert {"kafka", "kafka-init", "clickhouse", "grafana", "worker", "loadgen", "agents"} <= set(
+        services
+    )
     assert services["kafka"]["image"] == f"apache/kafka:{KAFKA_VERSION}"
     assert services["clickhouse"]["image"].startswith("clickhouse/clickhouse-server:")
     assert services["grafana"]["image"].startswith("grafana/grafana:")
@@ -208,6 +212,49 @@ def test_loadgen_command(services: dict[str, Any]) -> None:
         assert key.removeprefix("LLMOPS_").lower() in Settings.model_fields, key
 
 
+def test_agents_command_environment_and_port(services: dict[str, Any]) -> None:
+    agents, worker = services["agents"], services["worker"]
+    # the worker's image (built by the worker service), not a second build
+    assert agents["image"] == worker["image"] and "build" not in agents
+    assert agents["pull_policy"] == "never"
+    args = build_parser().parse_args(agents["command"])  # the real CLI accepts it
+    assert args.command == "agents"
+    env = env_of(agents)
+    # every variable is one the CLI accepts (a setting, or one it reads on its own)
+    known = {f"LLMOPS_{field.upper()}" for field in Settings.model_fields} | set(OTHER_ENV)
+    assert set(env) <= known, set(env) - known
+    assert {
+        "LLMOPS_AGENTS_HOST", "LLMOPS_AGENTS_PORT", "LLMOPS_AGENTS_TOKEN", "LLMOPS_WEBHOOKS",
+        "LLMOPS_REFRESH_DIR", "LLMOPS_KAFKA_BOOTSTRAP_SERVERS", "LLMOPS_BUDGETS",
+    } <= set(env)  # fmt: skip
+    # Kafka through the listener advertised inside the stack, like the worker
+    assert env["LLMOPS_KAFKA_BOOTSTRAP_SERVERS"] == env_of(worker)["LLMOPS_KAFKA_BOOTSTRAP_SERVERS"]
+    # HTTP on the container's interface, published on the host's loopback only
+    assert ipaddress.ip_address(env["LLMOPS_AGENTS_HOST"]).is_unspecified  # 0.0.0.0
+    assert agents["ports"] == [f"127.0.0.1:6066:{env['LLMOPS_AGENTS_PORT']}"]
+    assert env["LLMOPS_AGENTS_PORT"] == "6066"
+    assert env["LLMOPS_AGENTS_TOKEN"]  # a token by default, overridable from .env
+    assert "TOKEN" not in " ".join(agents["command"]).upper()
+    # It starts once Kafka is up and the topics it reads exist.
+    assert agents["depends_on"]["kafka"]["condition"] == "service_healthy"
+    assert agents["depends_on"]["kafka-init"]["condition"] == "service_completed_successfully"
+    # Mounted files: the worker's budget file (same policy) and a valid routing file.
+    mounts = {target: src for src, target in (v.split(":")[:2] for v in agents["volumes"])}
+    worker_mounts = {target: src for src, target in (v.split(":")[:2] for v in worker["volumes"])}
+    budgets = mounts[env["LLMOPS_BUDGETS"]]
+    assert budgets == worker_mounts[env_of(worker)["LLMOPS_BUDGETS"]]
+    assert load_budgets(ROOT / budgets).default
+    load_webhooks(ROOT / mounts[env["LLMOPS_WEBHOOKS"]])  # raises on a bad routing file
+    # The healthcheck asks the agents' own /healthz on their port inside the container.
+    probe = " ".join(agents["healthcheck"]["test"])
+    assert f"http://127.0.0.1:{env['LLMOPS_AGENTS_PORT']}/healthz" in probe
+    # The refresh directory is in the home of the image's user, which it can write.
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^RUN useradd .*--create-home\b.* llmops$", dockerfile, re.M)
+    assert re.search(r"^USER llmops$", dockerfile, re.M)
+    assert env["LLMOPS_REFRESH_DIR"].startswith("/home/llmops/")
+
+
 def test_named_volumes_declared_and_bind_mounts_exist(compose: dict[str, Any]) -> None:
     declared = set(compose.get("volumes") or {})
     for svc in compose["services"].values():
@@ -308,8 +355,10 @@ def test_dashboard_panels_use_the_provisioned_datasource(dashboard: dict[str, An
         for target in panel["targets"]:
             assert target["datasource"]["uid"] == uid
             assert target["editorType"] == "sql"
-            # 0 = time series, 1 = table in the plugin's query model.
-            assert target["format"] == (0 if panel["type"] == "timeseries" else 1)
+            # 0 = time series (long rows become one series per label), 1 = table in the
+            # plugin's query model.
+            time_series = panel["type"] in ("timeseries", "state-timeline")
+            assert target["format"] == (0 if time_series else 1)
 
 
 def test_dashboard_queries_read_existing_tables_and_columns(dashboard: dict[str, Any]) -> None:
@@ -330,7 +379,7 @@ def test_dashboard_queries_read_existing_tables_and_columns(dashboard: dict[str,
         # snake_case names are columns (functions are camelCase); each must exist.
         for name in re.findall(r"\b[a-z][a-z0-9]*(?:_[a-z0-9]+)+\b", no_strings):
             assert name in columns | aliases | set(refs), f"{name!r} in {sql}"
-    assert {"llm_usage_1m", "llm_alerts", "llm_budget_state"} <= used_tables
+    assert {"llm_usage_1m", "llm_alerts", "llm_budget_state", "llm_rejected"} <= used_tables
     text = "\n".join(dashboard_queries(dashboard))
     # The panels the dashboard exists for.
     assert "tenant_id, sum(cost_usd)" in text  # cost per tenant per minute
@@ -338,6 +387,52 @@ def test_dashboard_queries_read_existing_tables_and_columns(dashboard: dict[str,
     assert "sum(stale_calls) / nullIf(sum(retrieval_calls), 0)" in text  # stale share
     for column in ("calls", "errors", "cache_hits", "scored"):
         assert f"sum({column})" in text, column
+    assert "spend_usd / nullIf(limit_usd, 0) AS burn" in text  # budget burn against limits
+    assert "status = 'resolved'" in text and "status = 'firing'" in text  # alert timeline
+    assert "sum(duplicates)" in text and "reason, count()" in text  # duplicates, rejections
+    types = {p["type"] for p in dashboard["panels"]}
+    assert {"bargauge", "state-timeline"} <= types
+
+
+# Rows of every table the dashboard reads: two tenants (the tenant filter keeps acme), a
+# budget state replaced by a newer version and a calendar budget with two periods, an alert
+# that fired and resolved, duplicates and rejections.
+SEED = [
+    "INSERT INTO llmops.llm_usage_1m (minute, tenant_id, app, model, calls, errors, cache_hits,"
+    " cost_usd, scored, uncovered, retrieval_calls, stale_calls, duplicates) VALUES"
+    " (now() - 60, 'acme', 'chat', 'gpt-4o-mini', 3, 1, 1, 1.5, 2, 1, 2, 1, 2),"
+    " (now() - 60, 'globex', 'chat', 'gpt-4o-mini', 1, 0, 0, 0.25, 0, 0, 0, 0, 7)",
+    # (tenant, budget, period) is the key of the ReplacingMergeTree: the higher version (the
+    # write time) wins, whatever the order the rows arrived in; a late event of the previous
+    # day wrote its row last, and the current day's is still the latest state
+    "INSERT INTO llmops.llm_budget_state (tenant_id, budget_id, window, period, limit_usd,"
+    " spend_usd, remaining_usd, status, as_of, version) VALUES"
+    " ('acme', 'hourly', '1h', '', 5, 4.5, 0.5, 'warning', now64(3) - 60, 2),"
+    " ('acme', 'daily', 'day', '2026-11-28', 50, 45, 5, 'warning', now64(3) - 86400, 3),"
+    " ('acme', 'daily', 'day', '2026-11-29', 50, 10, 40, 'ok', now64(3) - 60, 2),"
+    " ('globex', 'hourly', '1h', '', 5, 6, 0, 'exceeded', now64(3) - 60, 1)",
+    "INSERT INTO llmops.llm_budget_state (tenant_id, budget_id, window, period, limit_usd,"
+    " spend_usd, remaining_usd, status, as_of, version) VALUES"
+    " ('acme', 'hourly', '1h', '', 5, 1, 4, 'ok', now64(3) - 120, 1)",
+    "INSERT INTO llmops.llm_alerts (alert_id, status, type, severity, tenant_id, metric, value,"
+    " threshold, emitted_at) VALUES"
+    " ('a1', 'firing', 'budget', 'warning', 'acme', 'spend_usd', 4, 4, now64(3) - 600),"
+    " ('a1', 'resolved', 'budget', 'warning', 'acme', 'spend_usd', 3, 4, now64(3) - 300),"
+    " ('a2', 'firing', 'budget', 'critical', 'acme', 'spend_usd', 5, 5, now64(3) - 120),"
+    " ('g1', 'firing', 'budget', 'critical', 'globex', 'spend_usd', 5, 5, now64(3) - 60)",
+    "INSERT INTO llmops.llm_rejected (received_at, reason, detail, tenant_id, event_id) VALUES"
+    " (now64(3) - 60, 'missing_field', 'no usage', 'acme', 'e1'),"
+    " (now64(3) - 60, 'missing_field', 'no model', 'acme', 'e2'),"
+    " (now64(3) - 60, 'bad_json', 'unreadable', '', ''),"
+    " (now64(3) - 60, 'negative_tokens', 'input_tokens -1', 'globex', 'e3')",
+]
+
+
+def panel_queries(dashboard: dict[str, Any]) -> dict[str, list[str]]:
+    """Panel title -> its queries, macros expanded (tenant 'acme')."""
+    return {
+        p["title"]: [expand_macros(t["rawSql"]) for t in p["targets"]] for p in dashboard["panels"]
+    }
 
 
 @pytest.mark.integration
@@ -345,31 +440,63 @@ def test_dashboard_queries_run_on_the_real_schema(
     dashboard: dict[str, Any], tmp_path: Path
 ) -> None:
     # chDB serves one process, so the queries run in a child process of their own.
-    queries = [expand_macros(q) for q in dashboard_queries(dashboard)]
-    cost_query = next(q for q in queries if "tenant_id, sum(cost_usd)" in q)
+    panels = panel_queries(dashboard)
+    queries = [q for qs in panels.values() for q in qs]
+    queries += [expand_macros(v["query"]) for v in dashboard["templating"]["list"]]
     script = textwrap.dedent(
         """
         import json, sys
         from llmops_stream.stream.clickhouse.sink import connect
-        path, queries, cost_query = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+        path, seed, queries = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
         client = connect("chdb://" + path, "llmops")
-        client.command(
-            "INSERT INTO llmops.llm_usage_1m (minute, tenant_id, app, model, calls, cost_usd)"
-            " VALUES (now() - 60, 'acme', 'chat', 'gpt-4o-mini', 3, 1.5),"
-            " (now() - 60, 'globex', 'chat', 'gpt-4o-mini', 1, 0.25)"
-        )
-        for q in queries:
-            client.query(q)
-        print(json.dumps([list(r[1:]) for r in client.query(cost_query).result_rows]))
+        for statement in seed:
+            client.command(statement)
+        results = [[list(row) for row in client.query(q).result_rows] for q in queries]
+        print(json.dumps(dict(zip(queries, results)), default=str))
         """
     )
     out = subprocess.run(  # noqa: S603 - our own interpreter and script
-        [sys.executable, "-c", script, str(tmp_path / "ch"), json.dumps(queries), cost_query],
+        [sys.executable, "-c", script, str(tmp_path / "ch"), json.dumps(SEED), json.dumps(queries)],
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
+    results: dict[str, list[list[Any]]] = json.loads(out.stdout.strip().splitlines()[-1])
+
+    def rows(title: str, index: int = 0) -> list[list[Any]]:
+        return results[panels[title][index]]
+
+    # With data in every table, every panel shows something.
+    empty = [q for q in queries if not results[q]]
+    assert not empty, empty
     # The tenant filter (set to 'acme' by expand_macros) applies: globex is not shown.
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == [["acme", 1.5]]
+    cost = next(q for q in queries if "tenant_id, sum(cost_usd)" in q)
+    assert [r[1:] for r in results[cost]] == [["acme", 1.5]]
+    # Budget burn: the latest state of each budget (newest version, newest period).
+    assert rows("Budget burn against limits") == [
+        ["acme / hourly (1h)", 0.9],
+        ["acme / daily (day 2026-11-29)", 0.2],
+    ]
+    assert rows("Spend vs limit (USD)") == [
+        ["acme / hourly", 4.5, 5.0],
+        ["acme / daily", 10.0, 50.0],
+    ]
+    assert [r[0] for r in rows("Budget state")] == ["acme", "acme"]
+    # Alert timeline: one series per alert level, firing (1 warning, 2 critical) then
+    # resolved (0).
+    timeline = rows("Alert timeline")
+    assert [r[1:] for r in timeline] == [
+        ["budget acme spend_usd 4", 1],
+        ["budget acme spend_usd 4", 0],
+        ["budget acme spend_usd 5", 2],
+    ]
+    assert [r[0] for r in timeline] == sorted(r[0] for r in timeline)
+    fired = rows("Alerts fired and resolved")
+    assert [sum(r[1] for r in fired), sum(r[2] for r in fired)] == [2, 1]
+    assert {r[1] for r in rows("Alerts")} == {"firing", "resolved"}
+    # Duplicates (acme's 2 of llm_usage_1m) and rejections per reason (acme's 2).
+    assert [r[1] for r in rows("Duplicates and rejections by reason", 0)] == [2]
+    assert [r[1:] for r in rows("Duplicates and rejections by reason", 1)] == [["missing_field", 2]]
+    assert [r[:3] for r in rows("Rejections by reason")] == [["missing_field", 2, 1]]
 
 
 # -- kafka/pom.xml -------------------------------------------------------------------------------
