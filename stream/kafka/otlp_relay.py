@@ -87,16 +87,19 @@ class _Listener(ConsumerRebalanceListener):  # aiokafka requires this base class
     def __init__(self, relay: OtlpRelay) -> None:
         self.relay = relay
 
+    # aiokafka may call these while the loop awaits a commit: the lock lets the commit
+    # finish first, so a partition is never closed (or taken again) under a transaction
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        for tp in revoked:
-            await self.relay.producers.close(tp)
-            self.relay.owned.discard(tp)
-            self.relay.next_offset.pop(tp, None)
-            self.relay._attempted.discard(tp)
+        async with self.relay.lock:
+            for tp in revoked:
+                await self.relay.producers.close(tp)
+                self.relay.owned.discard(tp)
+                self.relay._attempted.discard(tp)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        for tp in assigned:
-            await self.relay.take(tp)
+        async with self.relay.lock:
+            for tp in assigned:
+                await self.relay.take(tp)
 
 
 class OtlpRelay:
@@ -140,6 +143,7 @@ class OtlpRelay:
         # the seek of take(), delivered after it) were relayed already or belong to no one
         self.next_offset: dict[TopicPartition, int] = {}
         self._attempted: set[TopicPartition] = set()  # a commit of it failed: check first
+        self.lock = asyncio.Lock()  # relaying vs rebalance callbacks
         self.consumer: AIOKafkaConsumer | None = None
         self.totals = {"records": 0, "events": 0, "skipped": 0, "rejected": 0}
 
@@ -160,9 +164,10 @@ class OtlpRelay:
         try:
             while not stop.is_set():
                 batches = await self.consumer.getmany(timeout_ms=100, max_records=self.batch_size)
-                for tp, recs in batches.items():
-                    if recs and tp in self.owned:
-                        await self._relay(tp, recs)
+                async with self.lock:
+                    for tp, recs in batches.items():
+                        if recs and tp in self.owned:
+                            await self._relay(tp, recs)
         finally:
             await self.consumer.stop()
             await self.producers.close_all()
@@ -175,6 +180,10 @@ class OtlpRelay:
         committed = await self.consumer.committed(tp)
         if committed is None:
             committed = (await self.consumer.beginning_offsets([tp]))[tp]
+        # Taken back after a rebalance: the offset our last transaction committed may not be
+        # readable yet (the broker writes transaction markers asynchronously); what we
+        # relayed ourselves is known here.
+        committed = max(committed, self.next_offset.get(tp, 0))
         self.consumer.seek(tp, committed)
         self.next_offset[tp] = committed
         self.owned.add(tp)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -67,8 +68,18 @@ def test_spans_from_kafka_give_the_totals_of_the_equivalent_json_events(
     finally:
         w.stop_all()
 
+    # Relayed calls are keyed by tenant, in one transaction per span record batch: every
+    # call exactly once on the calls topic.
+    calls = [r for recs in asyncio.run(read_all(bootstrap, topic)).values() for r in recs]
+    relayed = Counter(r.value for r in calls)
+    sent = Counter([e for b in batches for e in b.events] + batches[1].events)
+    assert (relayed - sent, sent - relayed) == (Counter(), Counter()), (
+        f"{sum((relayed - sent).values())} relayed too often, "
+        f"{sum((sent - relayed).values())} missing, of {sum(sent.values())}"
+    )
     events = [e for b in batches for e in b.events]
     want = expected_totals(events)
+    assert all(r.key is not None and r.key.decode() in want for r in calls)
     got = report["tenants"]
     assert set(got) == set(want)
     for tenant, exp in want.items():
@@ -81,13 +92,6 @@ def test_spans_from_kafka_give_the_totals_of_the_equivalent_json_events(
         dup[t] += 1
     assert {t: got[t]["duplicates"] for t in want} == dup
 
-    # Relayed calls are keyed by tenant, in one transaction per span record batch: every
-    # call exactly once on the calls topic.
-    calls = [r for recs in asyncio.run(read_all(bootstrap, topic)).values() for r in recs]
-    assert sorted(r.value for r in calls) == sorted(
-        [e for b in batches for e in b.events] + batches[1].events
-    )
-    assert all(r.key is not None and r.key.decode() in want for r in calls)
     dlq = [r for recs in asyncio.run(read_all(bootstrap, prefix + "llm.calls.dlq")).values()
            for r in recs]  # fmt: skip
     reasons = sorted(dict(r.headers)["reason"].decode() for r in dlq)
