@@ -21,9 +21,17 @@ reported in a ``Server-Timing`` header. Until the table has been recovered after
 the view answers 503 (with ``Retry-After``), never a default that would let a capped tenant
 through.
 
-Store: faust's in-memory store. The table holds one record (~0.5 KB) per tenant; recovery
-reads the compacted changelog, one record per tenant (see the README for the measurement
-with 100,000 tenants, and why RocksDB is not needed at that size).
+Store: RocksDB (faust's ``rocksdb:`` store, through rocksdict) in ``--data-dir``. It keeps
+the table on disk with the changelog offset it holds, so a restart reads only the changelog
+records written since; faust's in-memory store re-reads the whole changelog at every start,
+one record per tenant, at about 5,700 records/s (100,000 tenants: 19 s from the start to
+the first answer, against 3 s with RocksDB; the README has the measurement). Reads go
+through a dictionary of the records read or written since the start, so a tenant pays
+RocksDB's ~40 µs (a bloom-filter probe per partition) once, then a dictionary lookup.
+
+The table is co-partitioned with ``llm.budget.state`` (a record is stored in the partition
+it came from): its changelog has as many partitions as the topic (``LLMOPS_PARTITIONS``,
+which ``llmops-stream agents`` sets from the topic).
 """
 
 from __future__ import annotations
@@ -42,6 +50,14 @@ from llmops_stream.stream.core.budget_config import BudgetConfig
 log = logging.getLogger(__name__)
 
 TABLE = "budget-state"
+
+# Per partition database. faust's defaults (a 2 GiB block cache, 3 x 64 MiB write buffers)
+# are sized for tables far larger than ~0.5 KB per tenant.
+ROCKSDB_OPTIONS = {
+    "block_cache_size": 32 * 1024**2,
+    "write_buffer_size": 8 * 1024**2,
+    "max_write_buffer_number": 2,
+}
 
 Status = Literal["ok", "warn", "exceeded"]
 
@@ -166,22 +182,27 @@ class BudgetBook:
         app: faust.App,
         topic: faust.TopicT,
         *,
+        partitions: int,
         policy: BudgetConfig | None,
         token: BearerToken,
     ) -> None:
         self.policy = policy
         self.token = token
         self.ready = False
+        self.applied = 0
         self.rejected = 0
+        # records read or written since the start (found ones only: an unknown tenant id
+        # per request must not grow it)
+        self._cache: dict[bytes, bytes] = {}
         # Keys are the tenant's bytes and values the record's bytes (raw serializers): the
-        # changelog holds exactly what the worker published. use_partitioner: a key's
-        # changelog partition is the hash of the key, like the worker's own keying, so the
-        # table does not have to match the source topic's partition count.
+        # changelog holds exactly what the worker published.
         self.table = app.Table(
             TABLE,
             key_type=bytes,
             value_type=bytes,
-            use_partitioner=True,
+            partitions=partitions,
+            store=f"rocksdb:{TABLE}",
+            options=ROCKSDB_OPTIONS,
             on_recover=self._on_recover,
             help="latest llm.budget.state record per tenant",
         )
@@ -194,9 +215,11 @@ class BudgetBook:
                 return book.respond(self, request, tenant_id)
 
     async def _on_recover(self) -> None:
-        # Called by faust once the table is restored (at every start and rebalance).
+        # Called by faust once the table is restored (at every start and rebalance). The
+        # recovery wrote to the store directly, past the cache.
+        self._cache.clear()
         if not self.ready:
-            log.info({"event": "budget_table_ready", "tenants": len(self.table)})
+            log.info({"event": "budget_table_ready"})
         self.ready = True
 
     async def _feed(self, stream: faust.StreamT[bytes]) -> None:
@@ -207,6 +230,7 @@ class BudgetBook:
         """Store one ``llm.budget.state`` record (a tombstone deletes the tenant)."""
         if value is None:  # a compaction tombstone: the tenant's state is gone
             if key is not None:
+                self._cache.pop(key, None)
                 self.table.pop(key, None)
             return
         try:
@@ -216,7 +240,20 @@ class BudgetBook:
             self.rejected += 1
             log.warning({"event": "budget_state_rejected", "key": repr(key), "error": str(exc)})
             return
-        self.table[record.tenant_id.encode()] = value
+        key = record.tenant_id.encode()
+        self.table[key] = value
+        self._cache[key] = value
+        self.applied += 1
+
+    def lookup(self, tenant_id: str) -> bytes | None:
+        """The stored record of a tenant, None if it has none."""
+        key = tenant_id.encode()
+        found = self._cache.get(key)
+        if found is None:
+            found = self.table.get(key)
+            if found is not None:
+                self._cache[key] = found
+        return found
 
     def respond(self, view: View, request: Request, tenant_id: str) -> Response:
         started = time.perf_counter()
@@ -224,9 +261,14 @@ class BudgetBook:
             return unauthorized(view)
         if not self.ready:
             return recovering(view)
-        body = answer(tenant_id, self.table.get(tenant_id.encode()), self.policy)
+        body = answer(tenant_id, self.lookup(tenant_id), self.policy)
         took_ms = (time.perf_counter() - started) * 1000
         return json_response(view, body, headers={"Server-Timing": f"app;dur={took_ms:.3f}"})
 
     def health(self) -> dict[str, Any]:
-        return {"ready": self.ready, "tenants": len(self.table), "rejected": self.rejected}
+        return {
+            "ready": self.ready,
+            "applied": self.applied,
+            "rejected": self.rejected,
+            "cached": len(self._cache),
+        }

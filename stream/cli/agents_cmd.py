@@ -15,7 +15,6 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -165,19 +164,19 @@ def check_dir(path: Path, what: str) -> None:
         raise ConfigError(f"{what} {path}: not writable")
 
 
-def check_kafka(
-    settings: Settings, prepare: Callable[[Settings], Coroutine[Any, Any, None]]
-) -> None:
-    """Create the input topics that are missing (``prepare``); ConfigError if Kafka cannot
-    be reached."""
+def check_kafka(settings: Settings) -> int:
+    """Create the input topics that are missing; the partition count of the budget state
+    topic. ConfigError if Kafka cannot be reached."""
     from aiokafka.errors import KafkaConnectionError, KafkaError  # noqa: PLC0415
+
+    from llmops_stream.agents.topics import prepare_topics  # noqa: PLC0415
 
     # aiokafka logs each failed connect as an error: the one line below says it all
     client_log = logging.getLogger("aiokafka")
     level = client_log.level
     client_log.setLevel(logging.CRITICAL)
     try:
-        asyncio.run(prepare(settings))
+        return asyncio.run(prepare_topics(settings))
     except KafkaConnectionError as exc:
         raise ConfigError(
             f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {exc}"
@@ -204,12 +203,13 @@ def cmd_agents(args: argparse.Namespace, console: Console) -> int:
         check_dir(settings.refresh_dir.expanduser(), "refresh directory (--refresh-dir)")
     check_dir(settings.agents_data_dir.expanduser(), "data directory (--data-dir)")
     check_port(settings.agents_host, settings.agents_port)
+    partitions = check_kafka(settings)
     # The module-level app reads the environment (for `faust -A`): the flags given here
-    # become their env twins, in this process only, before it is imported.
-    for name, value in overrides.items():
-        if value is not None:
-            os.environ[env_name(name)] = str(value)
+    # become their env twins, in this process only, before it is imported. The budget
+    # table's changelog must have as many partitions as llm.budget.state, whoever made it.
+    given = {k: v for k, v in overrides.items() if v is not None} | {"partitions": partitions}
+    for name, value in given.items():
+        os.environ[env_name(name)] = str(value)
     from llmops_stream.agents import app as agents  # noqa: PLC0415
 
-    check_kafka(settings, agents.prepare_topics)
     return agents.run(agents.app, log_level=level)

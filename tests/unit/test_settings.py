@@ -72,11 +72,41 @@ def test_other_prefixes_are_not_ours(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_allow_listed_names_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in OTHER_ENV:
         monkeypatch.setenv(name, "x")
-    for name in ("LLMOPS_KAFKA_CACHE", "LLMOPS_AGENTS_HOST", "LLMOPS_WEBHOOKS"):
-        assert name in OTHER_ENV
+    assert "LLMOPS_KAFKA_CACHE" in OTHER_ENV
     assert unknown_env() == []
     assert load_settings({}).group == "llmops-stream"
     assert not set(OTHER_ENV) & {f"LLMOPS_{f.upper()}" for f in Settings.model_fields}
+
+
+def test_agents_settings_and_their_env_twins(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = load_settings({})
+    assert (settings.agents_host, settings.agents_port) == ("127.0.0.1", 6066)  # SPEC §4
+    assert settings.agents_token.get_secret_value() == ""  # no token: open
+    assert (settings.webhooks, settings.refresh_dir, settings.refresh_max) == (None, None, 10_000)
+    env = {
+        "LLMOPS_AGENTS_HOST": "0.0.0.0",  # noqa: S104 - a value, nothing listens here
+        "LLMOPS_AGENTS_PORT": "7000",
+        "LLMOPS_AGENTS_TOKEN": "hunter2-gw",
+        "LLMOPS_AGENTS_APP_ID": "agents-eu",
+        "LLMOPS_WEBHOOKS": "/etc/hooks.json",
+        "LLMOPS_REFRESH_DIR": "/var/refresh",
+        "LLMOPS_REFRESH_MAX": "50",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert unknown_env() == []
+    settings = load_settings({})
+    assert settings.agents_port == 7000 and settings.agents_app_id == "agents-eu"
+    assert str(settings.webhooks) == "/etc/hooks.json" and settings.refresh_max == 50
+    assert "hunter2" not in repr(settings)  # a secret
+    monkeypatch.setenv("LLMOPS_AGENT_PORT", "7000")
+    monkeypatch.setenv("LLMOPS_AGENTS_APP_ID", "agents eu")
+    assert problems_of() == [
+        "2 configuration problems:",
+        "  - unknown setting LLMOPS_AGENT_PORT (did you mean LLMOPS_AGENTS_PORT?)",
+        "  - bad setting LLMOPS_AGENTS_APP_ID: Input should be 1 to 200 letters, digits, '.', "
+        "'_' or '-' (it prefixes the agents' Kafka topic names) (got 'agents eu')",
+    ]
 
 
 def test_every_setting_is_a_known_name(monkeypatch: pytest.MonkeyPatch) -> None:
