@@ -1,4 +1,4 @@
-"""The ``llmops-stream`` command line: demo, replay, report.
+"""The ``llmops-stream`` command line: demo, replay, report, run, loadgen, agents.
 
 User errors (bad files, flags, unreachable ClickHouse) print one actionable line on stderr
 and exit 2; no tracebacks. Every flag has an env twin (``LLMOPS_…``, see settings.py).
