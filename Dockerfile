@@ -20,8 +20,10 @@ RUN pip install . && rm -rf /src
 RUN useradd --system --create-home --uid 10001 llmops
 USER llmops
 WORKDIR /home/llmops
-# the agents' eval-set refresh files (LLMOPS_REFRESH_DIR in docker-compose.yml)
-RUN mkdir -p /home/llmops/eval-refresh
+# the agents' eval-set refresh files and table store (LLMOPS_REFRESH_DIR and
+# LLMOPS_AGENTS_DATA_DIR in docker-compose.yml), owned by this user: a named volume mounted
+# there starts with the image directory's owner
+RUN mkdir -p /home/llmops/eval-refresh /home/llmops/agents-data
 # numba caches compiled kernels next to the installed modules by default, which this
 # unprivileged user cannot write; the embedded chDB default path lives in $HOME too.
 ENV NUMBA_CACHE_DIR=/home/llmops/.cache/numba

@@ -212,7 +212,9 @@ def test_loadgen_command(services: dict[str, Any]) -> None:
         assert key.removeprefix("LLMOPS_").lower() in Settings.model_fields, key
 
 
-def test_agents_command_environment_and_port(services: dict[str, Any]) -> None:
+def test_agents_command_environment_and_port(
+    services: dict[str, Any], compose: dict[str, Any]
+) -> None:
     agents, worker = services["agents"], services["worker"]
     # the worker's image (built by the worker service), not a second build
     assert agents["image"] == worker["image"] and "build" not in agents
@@ -245,6 +247,10 @@ def test_agents_command_environment_and_port(services: dict[str, Any]) -> None:
     assert budgets == worker_mounts[env_of(worker)["LLMOPS_BUDGETS"]]
     assert load_budgets(ROOT / budgets).default
     load_webhooks(ROOT / mounts[env["LLMOPS_WEBHOOKS"]])  # raises on a bad routing file
+    # The budget table's store outlives the container: a named volume, created by the image.
+    data_dir = env["LLMOPS_AGENTS_DATA_DIR"]
+    assert mounts[data_dir] in compose["volumes"]
+    assert data_dir in (ROOT / "Dockerfile").read_text()
     # The healthcheck asks the agents' own /healthz on their port inside the container.
     probe = " ".join(agents["healthcheck"]["test"])
     assert f"http://127.0.0.1:{env['LLMOPS_AGENTS_PORT']}/healthz" in probe
