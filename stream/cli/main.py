@@ -25,13 +25,13 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich.table import Table
 
 from llmops_stream.stream.core.errors import ConfigError
 from llmops_stream.stream.runtime.logs import set_log_level, setup_logging
 from llmops_stream.stream.runtime.settings import Settings, load_settings
 
 from .agents_cmd import add_agents_parser, cmd_agents
+from .summary import print_report, print_run_summary
 
 EXIT_USAGE = 2
 
@@ -277,7 +277,7 @@ def cmd_replay(args: argparse.Namespace, console: Console) -> int:
             fmt=args.format,
             tenant_attribute=settings.tenant_attribute,
         )
-    _print_run_summary(
+    print_run_summary(
         console,
         result.stats,
         result.alerts,
@@ -311,7 +311,7 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
             soft_wrap=True,
         )
         return 0
-    _print_report(console, rep, states)
+    print_report(console, rep, states)
     return 0
 
 
@@ -435,7 +435,7 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
             progress=progress,
             connect=_connect,
         )
-    _print_run_summary(
+    print_run_summary(
         console,
         result.stats,
         result.alerts,
@@ -446,7 +446,7 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
     from llmops_stream.stream.clickhouse.report import budget_states, build_report  # noqa: PLC0415
 
     client = _connect(settings)
-    _print_report(
+    print_report(
         console,
         build_report(client, settings.clickhouse_database),
         budget_states(client, settings.clickhouse_database),
@@ -457,87 +457,6 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
         "[bold]llmops-stream report[/] (or [bold]report --json[/])."
     )
     return 0
-
-
-def _print_run_summary(
-    console: Console,
-    stats: Any,
-    alerts: Any,
-    seconds: float,
-    resolved: int = 0,
-    *,
-    generate_seconds: float = 0.0,
-) -> None:
-    events = stats.get("events", 0)
-    console.print(
-        f"\n[bold]Processed[/] {events:,} events in {seconds:.1f} s "
-        f"({events / max(seconds, 1e-9):,.0f} events/s): {stats.get('valid', 0):,} valid, "
-        f"{stats.get('duplicates', 0):,} duplicates, {stats.get('rejected', 0):,} rejected, "
-        f"{stats.get('unpriced', 0):,} unpriced."
-    )
-    if generate_seconds:
-        own = max(seconds - generate_seconds, 1e-9)
-        console.print(
-            f"Engine and ClickHouse: {events / own:,.0f} events/s ({own:.1f} s); making the "
-            f"synthetic traffic took the other {generate_seconds:.1f} s."
-        )
-    if stats.get("spans_skipped"):
-        console.print(f"Skipped {stats['spans_skipped']:,} OTel spans that are no inference call.")
-    reasons = {k.split(":", 1)[1]: v for k, v in stats.items() if k.startswith("rejected:")}
-    if reasons:
-        console.print(
-            "Rejected by reason: " + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items()))
-        )
-    if alerts:
-        console.print(
-            "Alerts fired: "
-            + ", ".join(f"{k} {v}" for k, v in sorted(alerts.items()))
-            + (f"; {resolved:,} resolved" if resolved else "")
-        )
-
-
-def _share(num: int, den: int) -> str:
-    return f"{num / den:.1%}" if den else "-"
-
-
-def _print_report(console: Console, rep: dict[str, Any], states: list[tuple[Any, ...]]) -> None:
-    worst: dict[str, str] = {}
-    order = {"ok": 0, "warn": 1, "exceeded": 2}
-    for tenant, _budget, _window, _spend, _limit, status in states:
-        if order.get(status, 0) >= order.get(worst.get(tenant, "ok"), 0):
-            worst[tenant] = status
-    table = Table(title="Per-tenant totals (from ClickHouse)", show_lines=False)
-    for col in ("tenant", "calls", "cost USD", "budget", "drift share", "stale share", "rejected"):
-        table.add_column(
-            col, justify="left" if col in ("tenant", "budget") else "right", no_wrap=col == "tenant"
-        )
-    tenants = sorted(rep["tenants"].items(), key=lambda kv: -kv[1]["cost_usd"])
-    colour = {"ok": "green", "warn": "yellow", "exceeded": "bold red"}
-    for tenant, t in tenants[:25]:
-        status = worst.get(tenant, "-")
-        table.add_row(
-            tenant or "(unreadable)",
-            f"{t['calls']:,}",
-            f"{t['cost_usd']:,.4f}",
-            f"[{colour.get(status, 'white')}]{status}[/]",
-            _share(t["uncovered_calls"], t["scored_calls"]),
-            _share(t["stale_calls"], t["retrieval_calls"]),
-            f"{t['rejected']:,}",
-        )
-    if len(tenants) > 25:
-        table.caption = f"top 25 of {len(tenants)} tenants by cost"
-    console.print(table)
-    total = sum(t["cost_usd"] for t in rep["tenants"].values())
-    calls = sum(t["calls"] for t in rep["tenants"].values())
-    by_type: dict[str, int] = {}
-    for a in rep["alerts"]:
-        by_type[f"{a['type']}/{a['severity']}"] = by_type.get(f"{a['type']}/{a['severity']}", 0) + 1
-    console.print(
-        f"Total: {calls:,} calls, {total:,.4f} USD; budgets exceeded: "
-        f"{sum(1 for s in worst.values() if s == 'exceeded')} tenants, warn: "
-        f"{sum(1 for s in worst.values() if s == 'warn')}; alerts: "
-        + (", ".join(f"{k} {v}" for k, v in sorted(by_type.items())) or "none")
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

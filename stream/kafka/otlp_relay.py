@@ -33,11 +33,10 @@ from llmops_stream.stream.runtime.settings import Settings
 
 from .admin import ensure_topics, kafka_kwargs
 from .records import Record, dlq_records, output_topics
-from .transactions import FatalKafkaError, Fenced, PartitionProducers
+from .retry import retry
+from .transactions import Fenced, PartitionProducers
 
 log = logging.getLogger("llmops_stream.otlp_relay")
-
-MAX_BACKOFF_S = 10.0
 
 
 def relay_from_settings(settings: Settings, metrics: WorkerMetrics | None) -> OtlpRelay | None:
@@ -144,11 +143,13 @@ class OtlpRelay:
         self.next_offset: dict[TopicPartition, int] = {}
         self._attempted: set[TopicPartition] = set()  # a commit of it failed: check first
         self.lock = asyncio.Lock()  # relaying vs rebalance callbacks
+        self._stop: asyncio.Event | None = None  # set by run(): retries end with it
         self.consumer: AIOKafkaConsumer | None = None
         self.totals = {"records": 0, "events": 0, "skipped": 0, "rejected": 0}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Relay until ``stop`` is set; a fatal Kafka error is raised to the caller."""
+        self._stop = stop
         if self.settings is not None:
             await ensure_topics(self.settings)
         self.consumer = AIOKafkaConsumer(
@@ -256,16 +257,7 @@ class OtlpRelay:
         self._attempted.discard(tp)
 
     async def _retry(self, fn: Any) -> Any:
-        delay = 0.2
-        while True:
-            try:
-                return await fn()
-            except (Fenced, FatalKafkaError):
-                raise
-            except Exception as exc:  # a broker hiccup: the transaction aborted, redo it
-                log.warning(
-                    "otlp relay: Kafka failed (%s: %s); retrying in %.1f s",
-                    type(exc).__name__, str(exc)[:200], delay,
-                )  # fmt: skip
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, MAX_BACKOFF_S)
+        """:func:`.retry.retry` for the relay's Kafka calls; a broker hiccup aborted the
+        transaction, so it is redone (and the relay leaves once asked to stop)."""
+        errors = self.metrics.kafka_errors.inc if self.metrics is not None else None
+        return await retry("otlp relay: Kafka", fn, log=log, stop=self._stop, on_failure=errors)

@@ -36,7 +36,6 @@ Exactly-once, by construction:
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import sys
 import time
@@ -69,11 +68,10 @@ from .records import (
     candidate_records,
     dlq_records,
 )
-from .transactions import FatalKafkaError, Fenced, PartitionProducers
+from .retry import retry
+from .transactions import Fenced, PartitionProducers
 
 log = logging.getLogger("llmops_stream.worker")
-
-MAX_BACKOFF_S = 10.0
 
 
 def _offset(record: Any) -> int:
@@ -567,30 +565,9 @@ class Worker:
         await self.producers.commit(tp, p.records, p.end)
 
     async def _retry(self, what: str, fn: Callable[[], Any], *, clickhouse: bool = True) -> Any:
-        """Run ``fn`` (sync or async) until it succeeds, and return its result; back off while
-        the service fails."""
-        delay = 0.2
-        while True:
-            try:
-                result = fn()
-                if inspect.isawaitable(result):
-                    result = await result
-                return result
-            except (Fenced, FatalKafkaError):
-                raise  # retrying cannot help: the caller decides
-            except Exception as exc:  # any failure of the service: retry, never drop data
-                (self.metrics.ch_errors if clickhouse else self.metrics.kafka_errors).inc()
-                log.warning(
-                    "%s write failed (%s: %s); retrying in %.1f s",
-                    what,
-                    type(exc).__name__,
-                    str(exc)[:200],
-                    delay,
-                )
-                if self._stop is not None and self._stop.is_set() and delay >= MAX_BACKOFF_S:
-                    raise  # shutting down during an outage: leave, offsets stay uncommitted
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, MAX_BACKOFF_S)
+        """:func:`.retry.retry` with this worker's stop event and error counters."""
+        errors = self.metrics.ch_errors if clickhouse else self.metrics.kafka_errors
+        return await retry(what, fn, log=log, stop=self._stop, on_failure=errors.inc)
 
     async def _update_lag(self) -> None:
         for tp in self.runs:
