@@ -21,6 +21,7 @@ from llmops_stream.stream.core.budget_state import concat_states
 from llmops_stream.stream.core.budgets import BudgetConfig
 from llmops_stream.stream.core.engine import BatchOutput, Engine, EngineConfig
 from llmops_stream.stream.core.evalset import load_eval_sets
+from llmops_stream.stream.core.interning import Coded
 from llmops_stream.stream.core.pricing import PriceTable
 from llmops_stream.stream.core.timeutil import iso_to_ms
 from llmops_stream.stream.dev.synth import (
@@ -112,6 +113,11 @@ def _mangle(out: BatchOutput) -> None:
     if out.rejected["detail"]:
         out.rejected["detail"][0] = ODD_STRINGS[0]
         out.rejected["raw"][0] = b"\xff\xfe not UTF-8 \x00"
+    # the string columns the sink takes as codes: the mangled values, interned
+    for table, attr in (("llm_calls", "calls"), ("llm_usage_1m", "usage")):
+        for name, coded in out.coded[table].items():
+            values = getattr(out, attr)[name]
+            out.coded[table][name] = Coded.of(coded.interner.encode(values), coded.interner)
 
 
 def with_huge_counts(outs: list[BatchOutput]) -> list[BatchOutput]:

@@ -38,6 +38,7 @@ from llmops_stream.stream.core.alerts import Alert
 from llmops_stream.stream.core.budget_state import latest_states
 from llmops_stream.stream.core.engine import BatchOutput
 from llmops_stream.stream.core.errors import ConfigError
+from llmops_stream.stream.core.interning import INTERNED, Coded
 from llmops_stream.stream.core.timeutil import iso_to_ms, now_ms
 
 _DB_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
@@ -140,6 +141,8 @@ def _concat(chunks: list[Any]) -> np.ndarray:
 
 def _plain(chunks: list[Any]) -> pa.Array:
     """Numeric chunks as their numpy dtype; object chunks (``str``) as a string array."""
+    if isinstance(chunks[0], Coded):
+        return _utf8([c.strings() for c in chunks])
     if chunks[0].dtype == object:
         return _utf8(chunks)
     return pa.array(_concat(chunks))
@@ -161,11 +164,31 @@ def _utf8(chunks: list[Any]) -> pa.Array:
 def _dictionary(chunks: list[Any]) -> pa.Array:
     """Low-cardinality strings as a dictionary array.
 
-    Arrow hashes the values' UTF-8 bytes without the GIL, the payload shrinks to one index
-    per row (these strings were half of the call payload's bytes), and ClickHouse reads
-    Arrow's dictionary into its ``LowCardinality`` column.
+    The payload shrinks to one index per row (these strings were half of the call payload's
+    bytes), and ClickHouse reads Arrow's dictionary into its ``LowCardinality`` column.
+    Chunks the engine handed over as codes of one interner (:class:`.interning.Coded`)
+    become the dictionary array directly, without touching a string per row; others are
+    read as strings and hashed by Arrow (without the GIL).
     """
-    return _utf8(chunks).dictionary_encode()
+    if all(isinstance(c, Coded) for c in chunks) and all(
+        c.interner is chunks[0].interner for c in chunks
+    ):
+        return _coded_dictionary(chunks)
+    plain = [c.strings() if isinstance(c, Coded) else c for c in chunks]
+    return _utf8(plain).dictionary_encode()
+
+
+def _coded_dictionary(chunks: list[Coded]) -> pa.Array:
+    """Codes of one interner → a dictionary array whose dictionary holds only the values
+    used, in code order: O(rows + dictionary size) of numpy and Arrow work."""
+    interner = chunks[0].interner
+    codes = _concat([c.codes for c in chunks])
+    size = max(c.size for c in chunks)
+    used = np.zeros(size, dtype=bool)
+    used[codes] = True
+    remap = np.cumsum(used, dtype=np.int32) - 1
+    dictionary = interner.arrow(size).take(pa.array(np.flatnonzero(used)))
+    return pa.DictionaryArray.from_arrays(pa.array(remap[codes], type=pa.int32()), dictionary)
 
 
 def _ms_chunks(chunks: list[Any]) -> pa.Array:
@@ -214,21 +237,7 @@ def _with_dictionaries(names: tuple[str, ...], **others: Encoder) -> dict[str, E
 # a dictionary, and only those (a unit test keeps this in step with the schema).
 ENCODERS: dict[str, dict[str, Encoder]] = {
     "llm_calls": _with_dictionaries(
-        (
-            "tenant_id",
-            "app",
-            "provider",
-            "model",
-            "served_model",
-            "prompt_id",
-            "prompt_version",
-            "status",
-            "route_tier",
-            "embedding_model",
-            "eval_set_version",
-            "index_version",
-            "source",
-        ),
+        (*INTERNED, "status", "eval_set_version", "source"),
         ts=_ms_chunks,
     ),
     "llm_usage_1m": _with_dictionaries(
@@ -276,16 +285,21 @@ class ClickHouseSink:
     rows_buffered: int = 0
 
     def add(self, out: BatchOutput) -> None:
-        """Buffer one batch's outputs (no I/O)."""
-        for buf, cols in (
-            (self._calls, out.calls),
-            (self._usage, out.usage),
-            (self._rejected, out.rejected),
-            (self._candidates, out.candidates),
+        """Buffer one batch's outputs (no I/O); string columns the engine also gave as codes
+        are kept as codes."""
+        for buf, cols, coded in (
+            (self._calls, out.calls, out.coded.get("llm_calls", {})),
+            (self._usage, out.usage, out.coded.get("llm_usage_1m", {})),
+            (self._rejected, out.rejected, {}),
+            (self._candidates, out.candidates, {}),
         ):
             for name, values in cols.items():
                 buf.setdefault(name, []).append(
-                    values if isinstance(values, np.ndarray) else _as_array(values)
+                    coded[name]
+                    if name in coded
+                    else values
+                    if isinstance(values, np.ndarray)
+                    else _as_array(values)
                 )
         self._alerts.extend(out.alerts)
         self.add_states(out.budget_states)

@@ -88,16 +88,18 @@ def usage_rows(
 ) -> dict[str, Any]:
     """Aggregate one batch into ``llm_usage_1m`` columns.
 
-    ``minute_ms`` int64[n] (event time floored to the minute), ``keys`` object[n] per name of
-    :data:`USAGE_KEYS`, ``counters`` int64/bool[n] per name of :data:`USAGE_COUNTERS`,
-    ``cost_usd`` float64[n], ``latency_ms`` float64[n] (NaN = none), ``lag_ms`` int64[c] the
-    outdated-chunk lags with ``lag_event`` int64[c] their event row. Histogram columns
-    are uint64[g, N_BINS] arrays (one row per group).
+    ``minute_ms`` int64[n] (event time floored to the minute); ``keys`` per name of
+    :data:`USAGE_KEYS`, object[n] of values or int[n] codes standing for them (the engine
+    groups on its interned codes; key columns come back as they went in); ``counters``
+    int64/bool[n] per name of :data:`USAGE_COUNTERS`; ``cost_usd`` float64[n];
+    ``latency_ms`` float64[n] (NaN = none); ``lag_ms`` int64[c] the outdated-chunk lags
+    with ``lag_event`` int64[c] their event row. Histogram columns are uint64[g, N_BINS]
+    arrays (one row per group).
     """
     n = len(minute_ms)
     if n == 0:
         out: dict[str, Any] = {"minute": np.zeros(0, dtype=np.int64)}
-        out.update({k: np.zeros(0, dtype=object) for k in USAGE_KEYS})
+        out.update({k: np.asarray(keys[k])[:0] for k in USAGE_KEYS})
         out.update({k: np.zeros(0, dtype=np.int64) for k in USAGE_COUNTERS})
         out["cost_usd"] = np.zeros(0)
         out["latency_hist"] = np.zeros((0, histograms.N_BINS), dtype=np.uint64)

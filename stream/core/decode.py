@@ -21,6 +21,7 @@ import msgspec
 import numpy as np
 import pybase64
 
+from .interning import INTERNED, Interners
 from .rfc3339 import MISSING as MISSING_TS
 from .rfc3339 import WRONG_TYPE, json_times_ms
 
@@ -217,6 +218,9 @@ class CallBatch:
     chunk_offsets: np.ndarray  # int64[n+1]; chunks of row i are [off[i], off[i+1])
     chunk_embedded_at_ms: np.ndarray  # int64[c]
     chunk_source_updated_at_ms: np.ndarray  # int64[c], MISSING_TS when absent
+    # int32[n] codes of the :data:`.interning.INTERNED` columns, by name, when decoded with
+    # interners (the object arrays above hold the same values)
+    codes: dict[str, np.ndarray] = field(default_factory=dict)
 
     def take(self, rows: np.ndarray) -> CallBatch:
         """A new batch holding only ``rows`` (int64 indices, increasing), chunks included."""
@@ -232,6 +236,8 @@ class CallBatch:
                 continue
             if name == "embedding":
                 values[name] = [value[i] for i in rows]
+            elif name == "codes":
+                values[name] = {k: v[rows] for k, v in value.items()}
             else:
                 values[name] = value[rows]
         return CallBatch(
@@ -330,8 +336,13 @@ def _ints(values: list[int | None]) -> np.ndarray:
     return np.array(values, dtype=np.int64)
 
 
-def decode_batch(messages: list[bytes]) -> tuple[CallBatch, Rejected]:
+def decode_batch(
+    messages: list[bytes], interners: Interners | None = None
+) -> tuple[CallBatch, Rejected]:
     """Decode ``messages`` (one JSON event each) into a :class:`CallBatch` of the valid ones.
+
+    With ``interners``, the :data:`.interning.INTERNED` columns also come as int32 codes
+    (``CallBatch.codes``) of those per-column dictionaries.
 
     Semantic checks that JSON typing cannot express (token consistency, time range,
     embedding encoding and finiteness) reject the event with its reason code, never the
@@ -448,6 +459,13 @@ def decode_batch(messages: list[bytes]) -> tuple[CallBatch, Rejected]:
         chunk_embedded_at_ms=emb_at,
         chunk_source_updated_at_ms=src_at,
     )
+    if interners is not None:
+        for name in INTERNED:
+            interner = interners[name]
+            batch.codes[name] = codes = interner.encode(getattr(batch, name))
+            # the dictionary's own str objects: later hashing of these columns finds their
+            # hashes cached, and the batch's duplicate strings are freed now
+            setattr(batch, name, interner.values(codes))
     if bad.any():
         for row in np.flatnonzero(bad).tolist():
             reason = _CHECKS[int(bad[row]) - 1]

@@ -36,6 +36,7 @@ from .dedup import Deduper
 from .drift import DriftScorer
 from .evalset import EvalSet
 from .freshness import FreshnessConfig, chunk_staleness, max_age_for
+from .interning import INTERNED, Coded, Interners
 from .model_changes import ServedModels
 from .pricing import PriceTable, TokenColumns
 from .scoring import score_batch
@@ -79,6 +80,9 @@ class BatchOutput:
     alerts: list[Alert]
     budget_states: dict[str, np.ndarray]  # columns of BudgetState, changed (tenant, budget)
     stats: Counter[str]
+    # the same string columns of ``calls`` / ``usage`` as codes into the engine's interners,
+    # by table ("llm_calls", "llm_usage_1m") and column: what the sink builds dictionaries of
+    coded: dict[str, dict[str, Coded]] = field(default_factory=dict)
 
 
 @dataclass
@@ -98,6 +102,7 @@ class Engine:
             wall, max_future_skew_ms=config.max_future_skew_ms, idle_ms=config.idle_ms
         )
         self.deduper = Deduper(config.dedup_horizon_ms)
+        self.interners = Interners()
         self._next_position = 0
         self.budgets = BudgetTracker(
             config.budgets or BudgetConfig(), hysteresis=config.budget_hysteresis
@@ -165,7 +170,7 @@ class Engine:
             self._next_position = int(positions[-1]) + 1
         stats: Counter[str] = Counter(events=n_in)
 
-        batch, rejected = decode_batch(messages)
+        batch, rejected = decode_batch(messages, self.interners)
         batch = self._check_embedding_dims(batch, rejected)
         batch = self._reject_future(batch, rejected)
         before, at = self.clock.advance(batch.ts_ms)
@@ -281,7 +286,13 @@ class Engine:
             "outdated_chunks": st.n_outdated,
             "duplicates": np.zeros(b.n, np.int64),
         }
-        usage = _usage(b, dups, calls, counters, cost, st.lag_ms, st.lag_event)
+        usage, usage_key_codes = _usage(b, dups, counters, cost, st.lag_ms, st.lag_event)
+        coded = self._coded(b, source, eval_version)
+        usage_codes: dict[str, Coded] = {}
+        for k, codes in usage_key_codes.items():
+            interner = self.interners[k]
+            usage[k] = interner.values(codes)
+            usage_codes[k] = Coded.of(codes, interner)
         return BatchOutput(
             calls=calls,
             usage=usage,
@@ -290,7 +301,22 @@ class Engine:
             alerts=alerts,
             budget_states=self.budgets.take_changes(),
             stats=stats,
+            coded={"llm_calls": coded, "llm_usage_1m": usage_codes},
         )
+
+    def _coded(self, b: CallBatch, source: str, eval_version: np.ndarray) -> dict[str, Coded]:
+        """The ``llm_calls`` string columns as codes (see :class:`BatchOutput`)."""
+        coded = {name: Coded.of(b.codes[name], self.interners[name]) for name in INTERNED}
+        statuses = self.interners["status"]
+        if len(statuses) == 1:  # code of STATUSES[i] is i + 1 (0 is "")
+            statuses.encode(np.array(STATUSES, dtype=object))
+        coded["status"] = Coded.of(b.status.astype(np.int32) + 1, statuses)
+        sources = self.interners["source"]
+        code = sources.encode(np.array([source], dtype=object))
+        coded["source"] = Coded.of(np.full(b.n, code[0], np.int32), sources)
+        versions = self.interners["eval_set_version"]
+        coded["eval_set_version"] = Coded.of(versions.encode(eval_version), versions)
+        return coded
 
     def dedup_rebuild_range(self, partition: int) -> tuple[int, int] | None:
         """After :meth:`restore`: the source offsets ``[from, to)`` of ``partition`` whose
@@ -438,26 +464,29 @@ def _positions(partitions: np.ndarray, offsets: np.ndarray) -> np.ndarray:
 def _usage(  # noqa: PLR0917 - the batch, its repeats, and the per-call columns
     b: CallBatch,
     dups: CallBatch | None,
-    calls: dict[str, Any],
     counters: dict[str, Any],
     cost: np.ndarray,
     lag_ms: np.ndarray,
     lag_event: np.ndarray,
-) -> dict[str, Any]:
-    """``llm_usage_1m`` rows of the batch; repeats (``dups``) count only as ``duplicates``."""
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """``llm_usage_1m`` rows of the batch; repeats (``dups``) count only as ``duplicates``.
+
+    Rows are grouped on the interned codes of the key columns; returns the rows (key
+    columns still to be filled in from the codes) and those key codes (int32[g] by name).
+    """
     ts, latency = b.ts_ms, b.latency_ms
-    keys = {k: calls[k] for k in USAGE_KEYS}
+    keys = {k: b.codes[k] for k in USAGE_KEYS}
     if dups is not None and dups.n:
         d = dups.n
         ts = np.concatenate([ts, dups.ts_ms])
         latency = np.concatenate([latency, np.full(d, np.nan)])
-        keys = {k: np.concatenate([v, getattr(dups, k)]) for k, v in keys.items()}
+        keys = {k: np.concatenate([v, dups.codes[k]]) for k, v in keys.items()}
         counters = {
             k: np.concatenate([np.asarray(v, np.int64), np.full(d, k == "duplicates", np.int64)])
             for k, v in counters.items()
         }
         cost = np.concatenate([cost, np.zeros(d)])
-    return usage_rows(
+    rows = usage_rows(
         ts - ts % MS_PER_MINUTE,
         keys=keys,
         counters=counters,
@@ -466,6 +495,7 @@ def _usage(  # noqa: PLR0917 - the batch, its repeats, and the per-call columns
         lag_ms=lag_ms,
         lag_event=lag_event,
     )
+    return rows, {k: rows[k] for k in USAGE_KEYS}
 
 
 def _rejected_columns(
