@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import pandas as pd
 
 from . import budget_kernels as kern
 from .alerts import RESOLVED, Alert, make_alert
@@ -189,14 +190,13 @@ class BudgetTracker:
 
     def _intern(self, tenant_ids: npt.NDArray[Any]) -> npt.NDArray[np.int64]:
         """Tenant index of every event (registering tenants seen for the first time)."""
-        get = self._tindex.get
-        codes = np.fromiter((get(t, -1) for t in tenant_ids), np.int64, len(tenant_ids))
-        missing = np.flatnonzero(codes < 0)
-        if missing.size:
-            fresh = [str(t) for t in tenant_ids[missing].tolist()]
-            self._register([t for t in dict.fromkeys(fresh) if t not in self._tindex])
-            codes[missing] = [self._tindex[t] for t in fresh]
-        return codes
+        # hashing in C first: one dict lookup per distinct tenant of the batch, not per event
+        local, uniques = pd.factorize(tenant_ids, sort=False, use_na_sentinel=False)
+        fresh = [str(t) for t in uniques.tolist() if t not in self._tindex]
+        if fresh:
+            self._register(fresh)
+        index = self._tindex
+        return np.fromiter((index[t] for t in uniques.tolist()), np.int64, len(uniques))[local]
 
     # ---- public API
 

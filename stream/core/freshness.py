@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ._numba import njit
@@ -68,15 +69,15 @@ def max_age_for(config: FreshnessConfig, index_versions: np.ndarray) -> np.ndarr
     if versions.ndim != 1:
         raise ValueError(f"index_versions must be one-dimensional, got shape {versions.shape}")
     default = _days_to_ms(config.default_max_age_days)
-    table = {
-        version: _days_to_ms(config.max_age_days[version])
-        if isinstance(version, str) and version in config.max_age_days
+    if not config.max_age_days:
+        return np.full(versions.shape[0], default, dtype=np.int64)
+    codes, uniques = pd.factorize(versions, sort=False)  # None comes back as -1
+    table = [
+        _days_to_ms(config.max_age_days[v]) if isinstance(v, str) and v in config.max_age_days
         else default
-        for version in dict.fromkeys(versions.tolist())
-    }
-    return np.fromiter(
-        map(table.__getitem__, versions.tolist()), dtype=np.int64, count=versions.shape[0]
-    )
+        for v in uniques.tolist()
+    ]  # fmt: skip
+    return np.asarray([*table, default], dtype=np.int64)[codes]  # -1 picks the trailing default
 
 
 @dataclass(frozen=True, slots=True)
