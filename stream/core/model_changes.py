@@ -164,13 +164,27 @@ class ServedModels:
         the same model, in arrival order (before this batch: the remembered one)."""
         known = provider != ""
         if not known.all():
-            blanked = provider.copy()
-            blanked[~known] = None  # what ffill fills
-            filled = pd.Series(blanked, dtype=object)
-            filled = filled.groupby(pd.Series(model, dtype=object), sort=False).ffill()
-            missing = np.flatnonzero(filled.isna().to_numpy())
-            out = filled.to_numpy(dtype=object, copy=True)
-            out[missing] = [self._provider_of.get(m, "") for m in model[missing].tolist()]
+            # rows grouped by model, arrival order kept within a group (stable sort); a
+            # running maximum of the known rows' sorted positions then points every row at
+            # the last known row before it, which counts only if it is in the same group
+            m_codes, m_labels = pd.factorize(model, sort=False)
+            order = np.argsort(m_codes, kind="stable")
+            sorted_codes = m_codes[order]
+            pos = np.arange(len(order))
+            group_start = np.zeros(len(order), dtype=np.int64)
+            starts = np.flatnonzero(np.diff(sorted_codes)) + 1
+            group_start[starts] = starts
+            np.maximum.accumulate(group_start, out=group_start)
+            last = np.maximum.accumulate(np.where(known[order], pos, -1))
+            found = last >= group_start
+            remembered = np.array(
+                [self._provider_of.get(m, "") for m in m_labels.tolist()], dtype=object
+            )
+            filled_sorted = np.where(
+                found, provider[order][np.maximum(last, 0)], remembered[sorted_codes]
+            )
+            out = np.empty(len(order), dtype=object)
+            out[order] = filled_sorted
         else:
             out = provider
         # later rows overwrite earlier ones: the last provider seen per model is kept

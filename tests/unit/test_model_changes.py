@@ -236,3 +236,29 @@ def test_settings_reach_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (config.model_min_calls, config.model_settle_ms) == (7, 7_200_000)
     engine = Engine(config)
     assert (engine.served_models.min_calls, engine.served_models.settle_ms) == (7, 7_200_000)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    batches=st.lists(
+        st.lists(
+            st.tuples(st.sampled_from(["", "p", "q"]), st.sampled_from(["m1", "m2", "m3"])),
+            max_size=25,
+        ),
+        max_size=4,
+    )
+)
+def test_missing_providers_take_the_last_one_seen_with_the_model(
+    batches: list[list[tuple[str, str]]],
+) -> None:
+    models = ServedModels(min_calls=1, settle_ms=1)
+    last: dict[str, str] = {}  # reference: walk every row in arrival order
+    for batch in batches:
+        want = []
+        for provider, model in batch:
+            if provider:
+                last[model] = provider
+            want.append(provider or last.get(model, ""))
+        provider = np.array([p for p, _ in batch], dtype=object)
+        model = np.array([m for _, m in batch], dtype=object)
+        assert models._fill_providers(provider, model).tolist() == want
