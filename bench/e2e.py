@@ -4,10 +4,15 @@
    then one worker consumes them; sustained events/s is measured on the group's committed
    offsets (commits happen only after ClickHouse holds the rows), from the first commit to
    the last.
-2. Budget-alert latency: with the worker caught up, events are produced at ``--rate``
-   (50,000/s) for ``--seconds``; every budget alert read (read_committed) from
+2. Budget-alert and budget-state latency: with the worker caught up, events are produced
+   at ``--rate`` (50,000/s) for ``--seconds``; every budget alert read (read_committed) from
    ``llm.alerts.budget`` is matched to the produce time (Kafka CreateTime) of the event that
-   crossed the threshold: latency = alert received − event produced.
+   crossed the threshold: alert latency = alert received − event produced. State latency
+   is what a gateway waits for: for each crossing that changes a budget's status (its first
+   soft level: ``warn``; its hard level: ``exceeded``), the first ``llm.budget.state``
+   record showing that status for that tenant and budget, read as the agents read it
+   (``read_uncommitted``: the worker publishes states outside its transactions) − the
+   crossing event produced.
 3. Worker RSS: the peak over the run, and the RSS right after start-up (chDB opened,
    nothing consumed: chDB's and the runtime's own share).
 
@@ -24,7 +29,8 @@ worker's, ``rss_mib`` the highest peak of any worker.
     python bench/e2e.py --events 1000000 --workers 2 [--rate 20000]
 
 The last line printed is one JSON object:
-{"bench": "e2e", "events_per_s", "alert_p99_ms", "rss_mib", ...}, with N > 1 also
+{"bench": "e2e", "events_per_s", "alert_p50_ms", "alert_p99_ms", "state_p50_ms",
+"state_p99_ms", "rss_mib", ...}, with N > 1 also
 "workers", "events_per_s_one", "events_per_s_n", "scale_out_ratio", "cpu_count".
 """
 
@@ -58,7 +64,9 @@ from workers import committed_offsets, end_offsets  # noqa: E402
 GROUP = "bench-e2e"
 TOPIC = "bench.llm.calls"
 PREFIX = "bench."
-BUDGETS = {  # small per-tenant limits: every tenant crosses its levels again and again
+STATUS_RANK = {"ok": 0, "warn": 1, "exceeded": 2}
+# small per-tenant limits: every tenant crosses its levels again and again
+BUDGETS: dict[str, list[dict[str, Any]]] = {
     "default": [
         {"id": "hourly", "limit_usd": 0.5, "window": "1h", "soft": [0.5, 0.8], "hard": 1.0},
         {"id": "daily", "limit_usd": 5.0, "window": "day", "soft": [0.5, 0.8], "hard": 1.0},
@@ -195,42 +203,126 @@ def scale_out(
     return procs, runs[1], runs[n]
 
 
+@dataclass
+class Latencies:
+    """Latencies (ms) of the latency phase, and the rate it produced at (events/s)."""
+
+    alerts: list[float]
+    states: list[float]
+    rate: float
+
+
+async def collect(
+    bootstrap: str,
+    topic: str,
+    start: dict[int, int],
+    isolation_level: str,
+    done: asyncio.Event,
+    received: list[tuple[float, bytes]],
+) -> None:
+    """Append (arrival epoch ms, value) of every record of ``topic`` from ``start`` on,
+    until ``done`` is set (the workers committed every event) and nothing came for 2 s.
+    Values are parsed afterwards: this process shares the cores with the worker."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level=isolation_level)
+    await consumer.start()
+    tps = [TopicPartition(topic, p) for p in start]
+    consumer.assign(tps)
+    for tp in tps:
+        consumer.seek(tp, start[tp.partition])
+    try:
+        quiet_since = None
+        while True:
+            batch = await consumer.getmany(timeout_ms=50)
+            now = time.time() * 1000
+            for recs in batch.values():
+                received.extend((now, r.value) for r in recs)
+            if done.is_set():
+                quiet_since = quiet_since or time.monotonic()
+                if batch:
+                    quiet_since = time.monotonic()
+                if time.monotonic() - quiet_since > 2:
+                    return
+    finally:
+        await consumer.stop()
+
+
+def status_changes(
+    alerts: list[dict[str, Any]],
+) -> list[tuple[str, str, str, str]]:
+    """(event_id, tenant, budget_id, status) of the firing budget alerts whose crossing
+    changes the budget's status: its first soft level (→ warn) and its hard level
+    (→ exceeded); a later soft level leaves it ``warn``."""
+    first_soft = {b["id"]: min(b["soft"]) for b in BUDGETS["default"]}
+    out = []
+    for a in alerts:
+        d = a["details"]
+        if d["kind"] == "hard" or d["level"] == first_soft.get(d["budget_id"]):
+            out.append((d["event_id"], a["tenant_id"], d["budget_id"], d["status"]))
+    return out
+
+
+def state_latencies(
+    changes: list[tuple[str, str, str, str]],
+    states: list[tuple[float, bytes]],
+    produced: dict[str, int],
+) -> list[float]:
+    """For each status change, the first state record of its tenant and budget arriving
+    after the crossing event was produced with at least that status, minus that time."""
+    seen: dict[tuple[str, str], list[tuple[float, int]]] = {}
+    for arrival, raw in states:
+        value = orjson.loads(raw)
+        for b in value["budgets"]:
+            key = (value["tenant_id"], b["budget_id"])
+            seen.setdefault(key, []).append((arrival, STATUS_RANK[b["status"]]))
+    out = []
+    for event_id, tenant, budget, status in changes:
+        if event_id not in produced:
+            continue
+        at, rank = produced[event_id], STATUS_RANK[status]
+        hits = [t for t, r in seen.get((tenant, budget), ()) if t >= at and r >= rank]
+        if hits:
+            out.append(hits[0] - at)
+    return out
+
+
+async def caught_up(bootstrap: str, group: str, partitions: int, timeout_s: float) -> None:
+    """Wait until ``group`` committed every event produced so far: all alerts are out."""
+    end = await end_offsets(bootstrap, TOPIC, partitions)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        done = await committed_offsets(bootstrap, group, TOPIC)
+        if all(done.get(p, 0) >= n for p, n in end.items()):
+            return
+        await asyncio.sleep(0.5)
+    print(f"the workers did not catch up within {timeout_s:.0f} s", flush=True)
+
+
 async def latency_phase(
-    bootstrap: str, partitions: int, rate: float, seconds: float, prefix: str
-) -> tuple[list[float], float]:
-    """Produce at ``rate`` while collecting budget alerts; returns latencies (ms), rate."""
-    alert_topic = prefix + "llm.alerts.budget"
+    bootstrap: str, group: str, partitions: int, rate: float, seconds: float, prefix: str
+) -> Latencies:
+    """Produce at ``rate`` while collecting budget alerts and budget states; collect until
+    ``group`` has committed everything (a worker behind the rate still counts)."""
+    alert_topic, state_topic = prefix + "llm.alerts.budget", prefix + "llm.budget.state"
     start_in = await end_offsets(bootstrap, TOPIC, partitions)
-    start_alerts = await end_offsets(bootstrap, alert_topic, partitions)
-    received: list[tuple[str, float]] = []
+    alert_raw: list[tuple[float, bytes]] = []
+    state_raw: list[tuple[float, bytes]] = []
     done = asyncio.Event()
-
-    async def collect() -> None:
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed")
-        await consumer.start()
-        tps = [TopicPartition(alert_topic, p) for p in range(partitions)]
-        consumer.assign(tps)
-        for tp in tps:
-            consumer.seek(tp, start_alerts[tp.partition])
-        try:
-            quiet_since = None
-            while True:
-                batch = await consumer.getmany(timeout_ms=50)
-                now = time.time() * 1000
-                for recs in batch.values():
-                    received.extend(
-                        (orjson.loads(r.value)["details"]["event_id"], now) for r in recs
-                    )
-                if done.is_set():
-                    quiet_since = quiet_since or time.monotonic()
-                    if batch:
-                        quiet_since = time.monotonic()
-                    if time.monotonic() - quiet_since > 5:
-                        return
-        finally:
-            await consumer.stop()
-
-    collector = asyncio.create_task(collect())
+    collectors = [
+        asyncio.create_task(
+            collect(
+                bootstrap,
+                topic,
+                await end_offsets(bootstrap, topic, partitions),
+                isolation,
+                done,
+                into,
+            )
+        )
+        for topic, isolation, into in (
+            (alert_topic, "read_committed", alert_raw),
+            (state_topic, "read_uncommitted", state_raw),
+        )
+    ]
     stats = await run_loadgen(
         bootstrap,
         topic=TOPIC,
@@ -240,8 +332,16 @@ async def latency_phase(
         n_tenants=2000,
         embedding_share=0.0,
     )
+    await caught_up(bootstrap, group, partitions, timeout_s=600)
     done.set()
-    await collector
+    await asyncio.gather(*collectors)
+
+    alerts = [orjson.loads(raw) for _, raw in alert_raw]
+    firing = [
+        (t, a) for (t, _), a in zip(alert_raw, alerts, strict=True) if a["status"] == "firing"
+    ]
+    received = [(a["details"]["event_id"], t) for t, a in firing]
+    changes = status_changes([a for _, a in firing])
 
     # produce times of the crossing events: the input records' CreateTime
     wanted = {event_id for event_id, _ in received}
@@ -262,8 +362,17 @@ async def latency_phase(
                         produced[event_id] = r.timestamp
     finally:
         await consumer.stop()
-    latencies = [recv - produced[e] for e, recv in received if e in produced]
-    return latencies, stats.achieved_rate
+    return Latencies(
+        alerts=[recv - produced[e] for e, recv in received if e in produced],
+        states=state_latencies(changes, state_raw, produced),
+        rate=stats.achieved_rate,
+    )
+
+
+def percentiles(values: list[float]) -> tuple[float, float, float]:
+    """p50, p99 and max of ``values`` (NaN if there are none)."""
+    arr = np.array(values) if values else np.array([np.nan])
+    return float(np.percentile(arr, 50)), float(np.percentile(arr, 99)), float(arr.max())
 
 
 def parse_args() -> argparse.Namespace:
@@ -334,17 +443,30 @@ def main() -> int:
         else:
             procs, one, last = scale_out(env, n, tmp, started, total)
 
-        latencies, achieved = asyncio.run(
-            latency_phase(bootstrap, args.partitions, args.rate, args.seconds, PREFIX)
+        lat = asyncio.run(
+            latency_phase(
+                bootstrap,
+                GROUP if n == 1 else f"{GROUP}-{n}",
+                args.partitions,
+                args.rate,
+                args.seconds,
+                PREFIX,
+            )
         )
+        achieved = lat.rate
         last.peaks_mib = [
             max(p, rss_mib(q.pid)) for p, q in zip(last.peaks_mib, procs, strict=True)
         ]
-        lat = np.array(latencies) if latencies else np.array([np.nan])
-        p50, p99 = float(np.percentile(lat, 50)), float(np.percentile(lat, 99))
+        p50, p99, top = percentiles(lat.alerts)
         print(
-            f"alert latency at {achieved:,.0f} events/s produced: {len(latencies)} alerts, "
-            f"p50 {p50:.0f} ms, p99 {p99:.0f} ms, max {float(lat.max()):.0f} ms",
+            f"alert latency at {achieved:,.0f} events/s produced: {len(lat.alerts)} alerts, "
+            f"p50 {p50:.0f} ms, p99 {p99:.0f} ms, max {top:.0f} ms",
+            flush=True,
+        )
+        s50, s99, smax = percentiles(lat.states)
+        print(
+            f"state latency (read_uncommitted): {len(lat.states)} status changes, "
+            f"p50 {s50:.0f} ms, p99 {s99:.0f} ms, max {smax:.0f} ms",
             flush=True,
         )
         stop_workers(procs)
@@ -360,6 +482,8 @@ def main() -> int:
         "events_per_s": round(one.rate),
         "alert_p50_ms": round(p50, 1),
         "alert_p99_ms": round(p99, 1),
+        "state_p50_ms": round(s50, 1),
+        "state_p99_ms": round(s99, 1),
         "alert_rate_events_per_s": round(achieved),
         "rss_mib": round(max(one.peaks_mib + last.peaks_mib)),
         "rss_startup_mib": round(one.startup_mib),

@@ -25,9 +25,14 @@ class PartitionRun:
     forced_end: int | None  # a segment started before a crash must end exactly here
     sink: ClickHouseSink
     records: list[Record] = field(default_factory=list)
-    # budget-state columns of every batch since the last flush; turned into one compacted
-    # record per tenant at the flush (a tenant touched by many batches is published once)
-    states: list[dict[str, np.ndarray]] = field(default_factory=list)
+    # budget-state columns held while a claimed segment is redone (forced_end set: the
+    # previous owner published them; they go out again once the redo is cut, coalesced,
+    # so gateways do not see the redo step through older states), or while ownership is
+    # unconfirmed (below)
+    held_states: list[dict[str, np.ndarray]] = field(default_factory=list)
+    # False after a stall of the worker that may have cost it the partition; a commit
+    # that succeeds sets it again (see Worker._publish_states)
+    confirmed: bool = True
     alert_types: list[str] = field(default_factory=list)
     checkpointed: int = -1
     # outputs of time alone (Engine.tick) wait in the buffers: flushed with the next

@@ -1,7 +1,8 @@
 """Kafka records of the engine's outputs: alerts, DLQ, budget state, eval-set candidates.
 
-Pure functions from :class:`~.engine.BatchOutput` to ``Record`` tuples; the worker sends them
-inside its Kafka transaction. Topic names follow SPEC §4, with an optional prefix.
+Pure functions from :class:`~.engine.BatchOutput` to ``Record`` tuples; the worker sends
+alerts, DLQ records and candidates inside its Kafka transaction, and budget states on its
+state publisher (:mod:`.states`). Topic names follow SPEC §4, with an optional prefix.
 
 - ``llm.alerts.<type>``: key tenant, value the alert JSON (``alerts.Alert``).
 - ``llm.calls.dlq``: value = the original bytes; the reason, detail and source position
@@ -141,33 +142,49 @@ def budget_state_records(states: dict[str, np.ndarray], prefix: str = "") -> lis
         return []
     order = np.argsort(latest["tenant_id"], kind="stable")
     st = {k: v[order] for k, v in latest.items()}
-    as_of, start = _iso(st["as_of_ms"]), _iso(st["period_start_ms"])
-    rank = np.vectorize(_STATUS_ORDER.__getitem__, otypes=[np.int64])(st["status"])
     tenants = st["tenant_id"]
     bounds = np.flatnonzero(np.r_[True, tenants[1:] != tenants[:-1]])
-    out = []
-    for lo, hi in zip(bounds, np.r_[bounds[1:], len(tenants)], strict=True):
-        value = {
-            "tenant_id": tenants[lo],
-            "status": STATUSES[int(rank[lo:hi].max())],
-            "as_of": max(as_of[lo:hi]),
-            "budgets": [
-                {
-                    "budget_id": st["budget_id"][r],
-                    "window": st["window"][r],
-                    "limit_usd": float(st["limit_usd"][r]),
-                    "spend_usd": float(st["spend_usd"][r]),
-                    "remaining_usd": float(st["remaining_usd"][r]),
-                    "status": st["status"][r],
-                    "as_of": as_of[r],
-                    "period_start": start[r],
-                }
-                for r in range(lo, hi)
-            ],
+    # per tenant: its worst status and its latest as_of, as arrays; per row: plain lists,
+    # so the loop below touches no numpy scalar (this runs after every engine batch)
+    rank = np.vectorize(_STATUS_ORDER.__getitem__, otypes=[np.int64])(st["status"])
+    worst = np.maximum.reduceat(rank, bounds).tolist()
+    latest_as_of = _iso(np.maximum.reduceat(st["as_of_ms"], bounds)).tolist()
+    rows = [
+        {
+            "budget_id": budget,
+            "window": window,
+            "limit_usd": limit,
+            "spend_usd": spend,
+            "remaining_usd": remaining,
+            "status": status,
+            "as_of": as_of,
+            "period_start": start,
         }
-        out.append(
-            Record(prefix + BUDGET_STATE, value["tenant_id"].encode(), orjson.dumps(value), [])
+        for budget, window, limit, spend, remaining, status, as_of, start in zip(
+            st["budget_id"].tolist(),
+            st["window"].tolist(),
+            st["limit_usd"].astype(np.float64).tolist(),
+            st["spend_usd"].astype(np.float64).tolist(),
+            st["remaining_usd"].astype(np.float64).tolist(),
+            st["status"].tolist(),
+            _iso(st["as_of_ms"]).tolist(),
+            _iso(st["period_start_ms"]).tolist(),
+            strict=True,
         )
+    ]
+    topic = prefix + BUDGET_STATE
+    dumps = orjson.dumps
+    out = []
+    ends = [*bounds[1:].tolist(), len(tenants)]
+    for k, (lo, hi) in enumerate(zip(bounds.tolist(), ends, strict=True)):
+        tenant = tenants[lo]
+        value = {
+            "tenant_id": tenant,
+            "status": STATUSES[worst[k]],
+            "as_of": latest_as_of[k],
+            "budgets": rows[lo:hi],
+        }
+        out.append(Record(topic, tenant.encode(), dumps(value), []))
     return out
 
 

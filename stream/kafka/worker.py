@@ -8,9 +8,14 @@ Exactly-once, by construction:
   last one (a *segment*): first the segment itself (``llm_segments``), then the rows, each
   insert with a token naming the segment; then, in **one Kafka transaction of that
   partition** (:mod:`.transactions`: one producer per input partition, transactional id
-  ``group.topic.partition``), the alerts, DLQ records, budget states and eval candidates of
-  the segment together with the partition's consumer offset. Nothing is visible to
+  ``group.topic.partition``), the alerts, DLQ records and eval candidates of the segment
+  together with the partition's consumer offset. Nothing of them is visible to
   ``read_committed`` consumers, and no offset moves, before ClickHouse holds the rows.
+* Budget states are the exception, on purpose: gateways enforce caps with them, so they go
+  out on ``llm.budget.state`` right after the engine batch (or idle tick) that produced
+  them, on a non-transactional producer (:mod:`.states`, which says why a state published
+  for a segment that is later aborted is harmless: the redo publishes the same values).
+  Their ClickHouse rows (``llm_budget_state``) still go with the segment.
 * Taking a partition over starts its producer first, which **fences** the previous owner
   per partition: an owner the group replaced but that still runs can neither publish nor
   commit for it (its commit fails ``ProducerFenced``; it drops the partition). Workers
@@ -39,18 +44,14 @@ import asyncio
 import logging
 import sys
 import time
-from bisect import bisect_left
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
-import numpy as np
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from llmops_stream.stream.clickhouse.sink import ClickHouseSink
-from llmops_stream.stream.core.alerts import Alert
-from llmops_stream.stream.core.budget_state import concat_states
 from llmops_stream.stream.core.engine import Engine, EngineConfig
 from llmops_stream.stream.core.evalset import EvalSetWatcher
 from llmops_stream.stream.core.timeutil import now_ms
@@ -60,22 +61,13 @@ from llmops_stream.stream.runtime.settings import Settings
 
 from .admin import ensure_topics, kafka_kwargs
 from .bookkeeping import Bookkeeping
+from .intake import Intake
 from .partition import PartitionRun, _Part
-from .records import (
-    Record,
-    alert_records,
-    budget_state_records,
-    candidate_records,
-    dlq_records,
-)
 from .retry import retry
+from .states import StatePublisher
 from .transactions import Fenced, PartitionProducers
 
 log = logging.getLogger("llmops_stream.worker")
-
-
-def _offset(record: Any) -> int:
-    return int(record.offset)
 
 
 class _Listener(ConsumerRebalanceListener):  # aiokafka requires this base class
@@ -89,7 +81,7 @@ class _Listener(ConsumerRebalanceListener):  # aiokafka requires this base class
         await self.worker.on_assigned(assigned)
 
 
-class Worker:
+class Worker(Intake):
     """One consumer-group member; ``await run(stop)`` until ``stop`` is set."""
 
     def __init__(
@@ -114,8 +106,16 @@ class Worker:
             settings.group,
             transaction_timeout_ms=settings.kafka_transaction_timeout_ms,
         )
+        self.states = StatePublisher(
+            kafka_kwargs(settings),
+            settings.output_topic_prefix,
+            self.runs.__contains__,
+            routine_s=settings.flush_interval_ms / 1000,
+            on_failure=self.metrics.kafka_errors.inc,
+        )
         self._stop: asyncio.Event | None = None
         self._last_flush = time.monotonic()
+        self._last_publish = time.monotonic()
         self._last_checkpoint = time.monotonic()
         self._flush_lock = asyncio.Lock()
         self._watcher = eval_watcher
@@ -126,12 +126,6 @@ class Worker:
         # every ClickHouse call runs on this one thread: chDB serves one caller at a time,
         # and the engine keeps processing meanwhile
         self._ch_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
-
-    @property
-    def _consumer(self) -> AIOKafkaConsumer:
-        if self.consumer is None:
-            raise RuntimeError("worker not started")
-        return self.consumer
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, stop: asyncio.Event) -> None:
@@ -162,6 +156,7 @@ class Worker:
             fetch_max_wait_ms=100,
         )
         self.consumer.subscribe([self.s.topic], listener=_Listener(self))
+        await self.states.start()
         await self.consumer.start()
         try:
             while not stop.is_set():
@@ -170,6 +165,7 @@ class Worker:
                 )
                 await self._dispatch(batches, {tp: self.runs.get(tp) for tp in batches})
                 self._tick_idle({tp for tp, recs in batches.items() if recs})
+                self._publish_states()
                 if self._flush_due():
                     await self.flush()
                     self._reload_eval_sets()
@@ -180,6 +176,7 @@ class Worker:
             await self.flush(wait=True, checkpoint=True)
         finally:
             await self._consumer.stop()
+            await self.states.close()
             await self.producers.close_all()
 
     def _reload_eval_sets(self) -> None:
@@ -207,8 +204,10 @@ class Worker:
         """Flush what is pending (it still belongs to us), checkpoint, then let go."""
         if any(tp in self.runs for tp in revoked):
             await self.flush(wait=True, checkpoint=True)
+            # our last states go out before the next owner's first
+            await self.states.drain()
         for tp in revoked:
-            self.runs.pop(tp, None)
+            self._drop(tp)
             await self.producers.close(tp)
         self.metrics.assigned.set(len(self.runs))
 
@@ -285,100 +284,6 @@ class Worker:
                 )
         return engine, offset
 
-    # ------------------------------------------------------------------ processing
-    async def _dispatch(
-        self,
-        batches: dict[TopicPartition, list[Any]],
-        fetched_for: dict[TopicPartition, PartitionRun | None],
-    ) -> None:
-        """Hand each partition's records to the run that owned it when they were fetched.
-
-        aiokafka runs the rebalance callbacks concurrently with this loop (it marks the new
-        assignment active *before* ``on_assigned`` returns), so a fetch can return records
-        of a partition whose run does not exist yet, or whose run is replaced while an
-        earlier partition's flush is awaited. Such records were read from a position the
-        new run's ``seek`` has since reset: processing them would skip the offsets between
-        its start and theirs. They are dropped; the run fetches again from its own position.
-        """
-        for tp, recs in batches.items():
-            run = fetched_for.get(tp)
-            if run is not None and recs and self.runs.get(tp) is run:
-                await self._handle(run, recs)
-
-    async def _handle(self, run: PartitionRun, recs: list[Any]) -> None:
-        """Process consumed records of one partition, honouring replay and forced ends.
-
-        Two limits cut a fetch: the committed offset (records below it only rebuild state)
-        and a forced segment end (the segment must be flushed exactly there).
-        """
-        recs = [r for r in recs if r.offset >= run.next_offset]  # re-fetched after a seek
-        i = 0
-        while i < len(recs):
-            limit = run.committed if run.next_offset < run.committed else run.forced_end
-            j = len(recs) if limit is None else bisect_left(recs, limit, lo=i, key=_offset)
-            if j > i:
-                self._process(run, recs[i:j])
-                i = j
-            elif limit is not None:
-                # nothing left below the limit (offsets can have gaps): we are at it
-                run.next_offset = limit
-                if limit == run.committed:
-                    run.seg_start = limit
-            if run.forced_end is not None and run.next_offset >= run.forced_end:
-                await self.flush()  # redo the interrupted segment over exactly its range
-                if self.runs.get(run.tp) is not run:
-                    return  # revoked (and maybe re-assigned) meanwhile: the rest is not ours
-
-    def _process(self, run: PartitionRun, recs: list[Any]) -> None:
-        messages = [r.value if r.value is not None else b"" for r in recs]
-        offsets = np.fromiter((r.offset for r in recs), dtype=np.int64, count=len(recs))
-        out = run.engine.process(
-            messages,
-            source=run.tp.topic,
-            partitions=np.full(len(recs), run.tp.partition, np.int32),
-            offsets=offsets,
-        )
-        run.next_offset = int(offsets[-1]) + 1
-        if run.next_offset <= run.committed:
-            # replaying already-committed events only to rebuild state: outputs were sent
-            run.seg_start = run.next_offset
-            return
-        self.metrics.record_batch(out.stats)
-        run.sink.add(out)
-        prefix = self.s.output_topic_prefix
-        run.records += dlq_records(out.rejected, run.tp.topic, prefix)
-        run.records += candidate_records(out.candidates, prefix)
-        self._keep_alerts_and_states(run, out.alerts, out.budget_states)
-
-    def _keep_alerts_and_states(
-        self, run: PartitionRun, alerts: list[Alert], states: dict[str, Any]
-    ) -> None:
-        """Queue alerts and budget states for the run's next transaction."""
-        run.records += alert_records(alerts, self.s.output_topic_prefix)
-        run.states.append(states)
-        run.alert_types += [a.type for a in alerts]
-
-    def _tick_idle(self, fetched: set[TopicPartition]) -> None:
-        """Let the wall clock move the partitions that have nothing left to read, so a
-        tenant that sends nothing still sees its spend expire and its alerts resolve.
-
-        A partition still replaying committed events, redoing a segment, or with records
-        not fetched yet is not idle: its clock must follow those events first.
-        """
-        for tp, run in self.runs.items():
-            if tp in fetched or run.next_offset < run.committed or run.forced_end is not None:
-                continue
-            high = self._consumer.highwater(tp)
-            if high is None or run.next_offset < high:
-                continue
-            out = run.engine.tick()
-            if not out.alerts and not len(out.budget_states.get("tenant_id", ())):
-                continue
-            run.sink.add_alerts(out.alerts)
-            run.sink.add_states(out.budget_states)
-            self._keep_alerts_and_states(run, out.alerts, out.budget_states)
-            run.timed = True
-
     # ------------------------------------------------------------------ flush
     async def flush(self, *, wait: bool = False, checkpoint: bool = False) -> None:
         """Cut every pending segment and write it: ClickHouse, then outputs + offsets.
@@ -430,7 +335,7 @@ class Worker:
             start=run.seg_start,
             end=run.next_offset,
             sink=run.sink if ready or timed else None,
-            records=run.records + self._state_records(run) if ready or timed else [],
+            records=run.records if ready or timed else [],
             alert_types=run.alert_types if ready or timed else [],
             # the state as of `end`, i.e. after everything this part commits; after
             # outputs of time alone, always: a restart from an older checkpoint would send
@@ -440,17 +345,18 @@ class Worker:
         )
         if ready or timed:
             run.sink = ClickHouseSink(self.client, self.db)
-            run.records, run.alert_types, run.states = [], [], []
+            run.records, run.alert_types = [], []
             run.timed = False
         if ready:
             run.seg_start, run.forced_end = run.next_offset, None
+            self._release_held(run)  # the redo reached the end the previous owner claimed
         return part
 
-    def _state_records(self, run: PartitionRun) -> list[Record]:
-        """The latest budget state of every tenant the segment touched, one record each."""
-        # a batch that changed no state brings no columns at all: concat_states skips it
-        columns = concat_states(run.states)
-        return budget_state_records(columns, self.s.output_topic_prefix) if columns else []
+    def _drop(self, tp: TopicPartition) -> None:
+        """Forget ``tp``'s run: revoked, fenced, or claimed by another incarnation. Its
+        budget states not sent yet are dropped with it (it is no longer ours to publish)."""
+        self.runs.pop(tp, None)
+        self.states.drop(tp)
 
     async def _await_inflight(self) -> None:
         """Wait for every partition's write in flight (re-raising what failed)."""
@@ -516,7 +422,7 @@ class Worker:
             p.start,
         )
         if self.runs.get(tp) is p.run:
-            del self.runs[tp]
+            self._drop(tp)
             await self._take(tp)
 
     def _write_segment(self, p: _Part) -> bool:
@@ -545,9 +451,13 @@ class Worker:
             self.metrics.segments_lost.inc()
             log.warning("%s; dropping it (its outputs were not published)", exc)
             if self.runs.get(tp) is p.run:
-                del self.runs[tp]
+                self._drop(tp)
             return
         p.run.committed = p.end
+        if not p.run.confirmed and self.runs.get(tp) is p.run:
+            # nobody fenced us out of tp since the stall: publish its states again
+            p.run.confirmed = True
+            self._release_held(p.run)
         self.metrics.record_alerts(p.alert_types)
 
     async def _commit_once(self, p: _Part) -> None:

@@ -67,7 +67,7 @@ def with_rebalance_during(worker: Worker, tp: TopicPartition, rebalance: Any) ->
             rebalance()
         await handle(run, records)
 
-    worker._handle = patched  # type: ignore[method-assign]
+    worker._handle = patched
 
 
 def test_records_of_the_owning_run_are_processed(worker: Worker) -> None:
