@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from llmops_stream.stream.core.warmup import warm_up
 from llmops_stream.stream.dev.kafka_broker import KafkaBroker
 
 
@@ -41,3 +42,11 @@ def unique_name(request: pytest.FixtureRequest) -> Callable[[str], str]:
         return f"{prefix}-{test}-{uuid.uuid4().hex[:8]}"
 
     return make
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compiled_kernels() -> None:
+    """The engine's kernels compiled into numba's on-disk cache before any test starts a
+    worker or CLI process: on a fresh checkout the first compile takes tens of seconds, and
+    processes started together would each compile on their own."""
+    warm_up()
