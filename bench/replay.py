@@ -4,12 +4,17 @@ Generates a file like the issue's reference (600,000 events without embeddings, 
 of them with a 4-chunk retrieval), then times ``python -m llmops_stream.stream.cli replay FILE``
 into a fresh embedded ClickHouse, from process start to exit (imports, compilation, engine,
 sink, final flush: what a user waits for). Baselines in the same run: reading and decoding
-the same file with the fastest JSON decoder (orjson per line, collector off), in process.
+the same file with the fastest JSON decoder (orjson per line, collector off), in process;
+and the start-up alone: ``replay`` of an empty file, best of 3.
 
     python bench/replay.py [--events 600000] [--keep FILE]
 
 The last line printed is one JSON object:
-{"bench": "replay", "events_per_s", "seconds", "events", "avg_bytes", "vs_decode_only"}.
+{"bench": "replay", "events_per_s", "seconds", "events", "avg_bytes", "vs_decode_only",
+"cpu_seconds", "startup_seconds", "load_avg"}: ``cpu_seconds`` is the replay process's user
++ system time (above ``seconds`` when the flush thread ran beside the engine, and the
+figure to compare when other work shares the machine), ``load_avg`` the 1-minute load
+average before the run.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import argparse
 import gc
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -55,6 +61,24 @@ def decode_only(path: Path) -> float:
         gc.enable()
 
 
+def run_replay(path: Path, chdb_dir: Path) -> tuple[subprocess.CompletedProcess[str], float, float]:
+    """``replay path`` in a fresh process into ``chdb_dir``: (the run, wall s, CPU s)."""
+    env = {**os.environ, "LLMOPS_CLICKHOUSE": f"chdb://{chdb_dir}"}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    run = subprocess.run(
+        [sys.executable, "-m", "llmops_stream.stream.cli", "replay", str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return run, seconds, cpu
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--events", type=int, default=600_000)
@@ -67,22 +91,21 @@ def main() -> int:
         else:
             avg = write_file(path, args.events)
         n = sum(1 for _ in path.open("rb"))
-        env = {**os.environ, "LLMOPS_CLICKHOUSE": f"chdb://{Path(tmp) / 'ch'}"}
-        started = time.perf_counter()
-        run = subprocess.run(
-            [sys.executable, "-m", "llmops_stream.stream.cli", "replay", str(path)],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        seconds = time.perf_counter() - started
+        load = os.getloadavg()[0]
+        run, seconds, cpu = run_replay(path, Path(tmp) / "ch")
         if run.returncode != 0:
             print(run.stderr[-2000:], file=sys.stderr)
             return 1
+        empty = Path(tmp) / "empty.jsonl"
+        empty.write_bytes(b"")
+        startup = min(run_replay(empty, Path(tmp) / f"ch-empty-{i}")[1] for i in range(3))
         baseline = decode_only(path)
     rate = n / seconds
-    print(f"replay of {n:,} events ({avg:.0f} B avg): {seconds:.1f} s, whole process")
+    print(
+        f"replay of {n:,} events ({avg:.0f} B avg): {seconds:.1f} s, whole process "
+        f"({cpu:.1f} s CPU; load average {load:.1f} before)"
+    )
+    print(f"  start-up (empty replay)  {startup:>12.2f} s")
     print(f"  replay                   {rate:>12,.0f} events/s")
     print(f"  decode-only (orjson)     {baseline:>12,.0f} events/s")
     print(f"  replay / decode-only     {rate / baseline:>12.2f}")
@@ -95,6 +118,9 @@ def main() -> int:
                 "events": n,
                 "avg_bytes": round(avg),
                 "vs_decode_only": round(rate / baseline, 3),
+                "cpu_seconds": round(cpu, 2),
+                "startup_seconds": round(startup, 2),
+                "load_avg": round(load, 2),
             }
         )
     )

@@ -11,19 +11,18 @@ same app from the same settings.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import socket
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-
-from llmops_stream.stream.core.budget_config import load_budgets
 from llmops_stream.stream.core.errors import ConfigError
-from llmops_stream.stream.runtime.logs import set_log_level
-from llmops_stream.stream.runtime.settings import Settings, env_name, load_settings
+
+if TYPE_CHECKING:  # imported where used: `--help` parses no settings
+    from rich.console import Console
+
+    from llmops_stream.stream.runtime.settings import Settings
 
 # setting → its flag (each has the env twin LLMOPS_<SETTING>)
 FLAGS = {
@@ -167,6 +166,8 @@ def check_dir(path: Path, what: str) -> None:
 def check_kafka(settings: Settings) -> int:
     """Create the input topics that are missing; the partition count of the budget state
     topic. ConfigError if Kafka cannot be reached."""
+    import asyncio  # noqa: PLC0415
+
     from aiokafka.errors import KafkaConnectionError, KafkaError  # noqa: PLC0415
 
     from llmops_stream.agents.topics import prepare_topics  # noqa: PLC0415
@@ -189,6 +190,10 @@ def check_kafka(settings: Settings) -> int:
 
 def cmd_agents(args: argparse.Namespace, console: Console) -> int:
     """``agents``: run the faust app until SIGTERM/SIGINT."""
+    from llmops_stream.stream.core.budget_config import load_budgets  # noqa: PLC0415
+    from llmops_stream.stream.runtime.logs import set_log_level  # noqa: PLC0415
+    from llmops_stream.stream.runtime.settings import env_name, load_settings  # noqa: PLC0415
+
     overrides = {k: getattr(args, k, None) for k in FLAGS}
     settings = load_settings(overrides, FLAGS)
     level = settings.log_level if "log_level" in settings.model_fields_set else "INFO"

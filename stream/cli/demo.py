@@ -27,6 +27,7 @@ from llmops_stream.stream.dev.synth import (
     generate_events,
     write_jsonl,
 )
+from llmops_stream.stream.files.flushing import BackgroundFlusher
 from llmops_stream.stream.files.replay import ReplayStats, build_engine, feed, finish
 from llmops_stream.stream.runtime.settings import Settings
 
@@ -94,7 +95,8 @@ def run_demo(
     budgets_path.write_bytes(orjson.dumps(demo_budgets()))
     settings = settings.model_copy(update={"eval_set": eval_path, "budgets": budgets_path})
     engine = build_engine(settings)
-    sink = ClickHouseSink(connect(settings), settings.clickhouse_database)
+    client = connect(settings)
+    db = settings.clickhouse_database
     span_ms = int(n_events / DEMO_RATE_PER_S * 1000)
     start = now_ms() // MS_PER_DAY * MS_PER_DAY - span_ms
     cfg = SynthConfig(
@@ -109,7 +111,11 @@ def run_demo(
     bad = bad[: n_events // BAD_EVERY]
     result = ReplayStats()
     started = time.perf_counter()
-    with progress:
+    with (
+        progress,
+        # the inserts run on their own thread while the engine goes on
+        BackgroundFlusher(ClickHouseSink(client, db), ClickHouseSink(client, db)) as sink,
+    ):
         task = progress.add_task("demo", total=n_events + len(bad), rate="")
 
         def on_progress(_consumed: int, n: int) -> None:

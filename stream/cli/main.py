@@ -2,6 +2,9 @@
 
 User errors (bad files, flags, unreachable ClickHouse) print one actionable line on stderr
 and exit 2; no tracebacks. Every flag has an env twin (``LLMOPS_…``, see settings.py).
+
+Each command imports what it needs when it runs: ``--help`` and a mistyped flag load no
+settings, engine or database module (numba, pandas, pyarrow, chDB take seconds to import).
 """
 
 from __future__ import annotations
@@ -12,26 +15,16 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import orjson
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from typing import TYPE_CHECKING, Any
 
 from llmops_stream.stream.core.errors import ConfigError
-from llmops_stream.stream.runtime.logs import set_log_level, setup_logging
-from llmops_stream.stream.runtime.settings import Settings, load_settings
 
 from .agents_cmd import add_agents_parser, cmd_agents
-from .summary import print_report, print_run_summary
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from llmops_stream.stream.runtime.settings import Settings
 
 EXIT_USAGE = 2
 
@@ -212,22 +205,12 @@ _FLAGS = {
 def _settings(args: argparse.Namespace, *, log_level: str = "WARNING") -> Settings:
     """The settings of env and flags (ConfigError listing every problem), with their log
     level applied; ``log_level`` is the command's level when LLMOPS_LOG_LEVEL is unset."""
+    from llmops_stream.stream.runtime.logs import set_log_level  # noqa: PLC0415
+    from llmops_stream.stream.runtime.settings import load_settings  # noqa: PLC0415
+
     settings = load_settings({k: getattr(args, k, None) for k in _FLAGS}, _FLAGS)
     set_log_level(settings.log_level if "log_level" in settings.model_fields_set else log_level)
     return settings
-
-
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
 
 
 def _connect(settings: Settings) -> Any:
@@ -243,8 +226,13 @@ def _connect(settings: Settings) -> Any:
 
 def cmd_replay(args: argparse.Namespace, console: Console) -> int:
     """``replay FILE…|-``."""
+    from rich.console import Console  # noqa: PLC0415
+
     from llmops_stream.stream.clickhouse.sink import ClickHouseSink  # noqa: PLC0415
+    from llmops_stream.stream.files.flushing import BackgroundFlusher  # noqa: PLC0415
     from llmops_stream.stream.files.replay import FORMATS, build_engine, replay  # noqa: PLC0415
+
+    from .summary import print_run_summary, progress_bar  # noqa: PLC0415
 
     if args.format not in FORMATS:
         raise ConfigError(f"bad --format {args.format!r}: use one of {', '.join(FORMATS)}")
@@ -254,9 +242,13 @@ def cmd_replay(args: argparse.Namespace, console: Console) -> int:
     settings = _settings(args)
     engine = build_engine(settings)
     client = _connect(settings)
-    sink = ClickHouseSink(client, settings.clickhouse_database)
+    db = settings.clickhouse_database
     total = sum(Path(f).stat().st_size for f in args.files if f != "-") or None
-    with _progress(Console(stderr=True)) as progress:
+    with (
+        # one sink buffers the next batches while the other is written, on its own thread
+        BackgroundFlusher(ClickHouseSink(client, db), ClickHouseSink(client, db)) as sink,
+        progress_bar(Console(stderr=True)) as progress,
+    ):
         task = progress.add_task("replay", total=total, rate="")
         started = time.perf_counter()
         events = 0
@@ -289,7 +281,12 @@ def cmd_replay(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
     """``report [--json|--html FILE]``."""
+    import orjson  # noqa: PLC0415
+    from rich.markup import escape  # noqa: PLC0415
+
     from llmops_stream.stream.clickhouse.report import budget_states, build_report  # noqa: PLC0415
+
+    from .summary import print_report  # noqa: PLC0415
 
     settings = _settings(args)
     if args.html is not None:
@@ -378,15 +375,18 @@ def cmd_loadgen(args: argparse.Namespace, console: Console) -> int:
     import asyncio  # noqa: PLC0415
 
     from aiokafka.errors import KafkaConnectionError  # noqa: PLC0415
+    from rich.console import Console  # noqa: PLC0415
 
     from llmops_stream.stream.dev.loadgen import run_loadgen  # noqa: PLC0415
     from llmops_stream.stream.kafka.admin import kafka_kwargs  # noqa: PLC0415
+
+    from .summary import progress_bar  # noqa: PLC0415
 
     settings = _settings(args)
     if args.rate <= 0:
         raise ConfigError("--rate must be positive")
     kw = kafka_kwargs(settings)
-    with _progress(Console(stderr=True)) as progress:
+    with progress_bar(Console(stderr=True)) as progress:
         task = progress.add_task("loadgen", total=args.events, rate="")
 
         def on_progress(sent: int, rate: float) -> None:
@@ -419,13 +419,16 @@ def cmd_loadgen(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_demo(args: argparse.Namespace, console: Console) -> int:
     """``demo``: synthetic traffic → engine → ClickHouse → summary."""
+    from rich.console import Console  # noqa: PLC0415
+
     from .demo import run_demo  # noqa: PLC0415
+    from .summary import print_report, print_run_summary, progress_bar  # noqa: PLC0415
 
     if args.events <= 0 or args.tenants <= 0:
         raise ConfigError("--events and --tenants must be positive")
     settings = _settings(args)
     with tempfile.TemporaryDirectory(prefix="llmops-demo-") as tmp:
-        progress = _progress(Console(stderr=True))
+        progress = progress_bar(Console(stderr=True))
         result = run_demo(
             settings,
             Path(tmp),
@@ -466,6 +469,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
+    from rich.console import Console  # noqa: PLC0415
+    from rich.markup import escape  # noqa: PLC0415
+
+    from llmops_stream.stream.runtime.logs import setup_logging  # noqa: PLC0415
+
     setup_logging("WARNING")
     console = Console()
     handlers = {

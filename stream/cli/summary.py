@@ -1,11 +1,34 @@
-"""What the commands print for people: a run's summary and the per-tenant report table."""
+"""What the commands print for people: progress, a run's summary and the per-tenant report
+table."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
+
+
+def progress_bar(console: Console) -> Progress:
+    """The progress bar of the long commands (a task's ``rate`` field is shown beside it)."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
 
 
 def print_run_summary(

@@ -14,6 +14,7 @@ import base64
 import zlib
 
 import numpy as np
+import pybase64
 
 _N_BASE = 24
 _N_NEW = 12
@@ -35,6 +36,9 @@ class _World:
         self.centres = centres / np.linalg.norm(centres, axis=1, keepdims=True)
         # Noise per dimension so that |noise|^2 ~ 0.2..0.4: cos(sample, centre) ~ 0.85..0.9.
         self.sigma = np.sqrt(rng.uniform(0.2, 0.4, k) / dim)
+        # float32 copies, cast once: a gather per sample then costs a tenth (same values)
+        self._centres32 = self.centres.astype(np.float32)
+        self._sigma32 = self.sigma.astype(np.float32)
         popularity = 1.0 / np.arange(1, _N_BASE + 1) ** 0.7
         self.base_p = popularity / popularity.sum()
         self.dim = dim
@@ -42,8 +46,9 @@ class _World:
     def sample(self, clusters: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Unit vectors ``float32[len(clusters), dim]`` around the given cluster centres."""
         noise = rng.standard_normal((len(clusters), self.dim), dtype=np.float32)
-        vectors = self.centres[clusters].astype(np.float32)
-        vectors += noise * self.sigma[clusters, None].astype(np.float32)
+        vectors = self._centres32[clusters]
+        noise *= self._sigma32[clusters, None]
+        vectors += noise
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         return vectors
 
@@ -60,8 +65,9 @@ def _b64_rows(vectors: np.ndarray) -> list[str]:
     row_bytes = raw.shape[1] * 4
     if row_bytes % 3 == 0:
         # Rows of a multiple of 3 bytes encode without padding, so one call encodes them
-        # all and the text splits at fixed offsets (much faster than a call per row).
-        text = base64.b64encode(raw.tobytes()).decode("ascii")
+        # all and the text splits at fixed offsets (much faster than a call per row);
+        # pybase64 (SIMD) writes the same text as the standard library, ~3x faster.
+        text = pybase64.b64encode(raw.data).decode("ascii")
         step = row_bytes // 3 * 4
         return [text[i : i + step] for i in range(0, len(text), step)]
     return [base64.b64encode(row.tobytes()).decode("ascii") for row in raw]

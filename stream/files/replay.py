@@ -17,6 +17,14 @@ included. Replaying the same files again stores nothing twice, whatever the batc
 * the final flush (closed windows, last budget states) is ``replay:final:{digest}`` over
   the digests of every file, in order.
 
+Flushes go through a :class:`~.flushing.Flusher`: given a plain sink, replay flushes it
+inline; given a :class:`~.flushing.BackgroundFlusher` (what ``replay`` and ``demo`` use),
+each flush (Arrow encoding, the insert) and the hashing of the lines its token names run on
+one background thread while the engine processes the next batches. Either way a flush holds
+the same rows under the same token; replay returns once the final flush is written. The
+background costs memory: two sinks' buffers, and the lines of up to one flush range waiting
+to be hashed while a flush runs.
+
 The tokens depend on ``flush_rows``: replays meant to deduplicate must use the same value.
 
 ``--format otlp-json`` files hold one OTLP ``ExportTraceServiceRequest`` per line (as the
@@ -38,12 +46,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 
-from llmops_stream.stream.clickhouse.sink import ClickHouseSink
 from llmops_stream.stream.core.budgets import BudgetConfig, load_budgets
 from llmops_stream.stream.core.engine import BatchOutput, Engine, EngineConfig
 from llmops_stream.stream.core.evalset import EvalSet, load_eval_sets
@@ -51,6 +59,8 @@ from llmops_stream.stream.core.freshness import FreshnessConfig
 from llmops_stream.stream.core.otlp import DEFAULT_TENANT_ATTRIBUTE, SpanReject, spans_to_events
 from llmops_stream.stream.core.pricing import PriceTable, load_price_overrides
 from llmops_stream.stream.runtime.settings import Settings
+
+from .flushing import Flusher, Sink, Token
 
 #: file formats of ``replay --format``
 FORMATS = ("jsonl", "otlp-json")
@@ -149,7 +159,7 @@ def flush_ranges(first: int, n: int, every: int) -> list[tuple[int, int]]:
 def replay(
     sources: list[str],
     engine: Engine,
-    sink: ClickHouseSink | None,
+    sink: Sink | Flusher | None,
     *,
     batch_size: int,
     flush_rows: int,
@@ -163,13 +173,15 @@ def replay(
     ``on_progress(bytes_consumed, events)`` is called after every batch. Flushes fall every
     ``flush_rows`` lines of each file (spans, for ``otlp-json``) whatever ``batch_size``
     (see the module doc). ``tenant_attribute`` names the span or resource attribute holding
-    the tenant of ``otlp-json`` spans.
+    the tenant of ``otlp-json`` spans. Returns once every flush is written (a flush's error
+    is raised); a :class:`BackgroundFlusher` given as ``sink`` stays open, its owner closes it.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown replay format {fmt!r}: one of {', '.join(FORMATS)}")
+    flusher = as_flusher(sink)
     result = ReplayStats()
     started = time.perf_counter()
-    whole = hashlib.blake2b(digest_size=16)
+    digests: list[hashlib.blake2b] = []
     for file_no, src in enumerate(sources):
         name = "stdin" if src == "-" else Path(src).name
         stream = sys.stdin.buffer if src == "-" else open(src, "rb")  # noqa: SIM115
@@ -180,7 +192,7 @@ def replay(
                     file_no,
                     stream,
                     engine,
-                    sink,
+                    flusher,
                     result,
                     batch_size=batch_size,
                     flush_rows=flush_rows,
@@ -193,7 +205,7 @@ def replay(
                     file_no,
                     read_batches(stream, batch_size),
                     engine,
-                    sink,
+                    flusher,
                     result,
                     flush_rows=flush_rows,
                     on_progress=on_progress,
@@ -201,8 +213,8 @@ def replay(
         finally:
             if stream is not sys.stdin.buffer:
                 stream.close()
-        whole.update(digest.encode("ascii") + b"\n")
-    finish(engine, sink, result, token=f"replay:final:{whole.hexdigest()}")
+        digests.append(digest)
+    finish(engine, flusher, result, token=partial(_final_token, digests))
     result.seconds = time.perf_counter() - started
     return result
 
@@ -212,20 +224,22 @@ def feed(  # noqa: PLR0917 - a source's name, number and batches, then where the
     file_no: int,
     batches: Iterable[tuple[list[bytes], int]],
     engine: Engine,
-    sink: ClickHouseSink | None,
+    sink: Sink | Flusher | None,
     result: ReplayStats,
     *,
     flush_rows: int,
     on_progress: Callable[[int, int], None] | None = None,
-) -> str:
+) -> hashlib.blake2b:
     """Process ``(lines, bytes)`` batches of one source; flush to ``sink`` every
     ``flush_rows`` lines, counted from the source's first line.
 
     Batches are cut at those boundaries, so flushes, their tokens and what they hold do
     not depend on how the caller batched the lines. Line numbers (blank lines included)
     are the offsets stored with each call; ``name`` is stored as the calls' source.
-    Returns the digest of the whole source (BLAKE2b-128 of its lines, hex).
+    Returns the digest of the whole source (BLAKE2b-128 of its lines), complete once the
+    flusher has run what it was given (``wait()``).
     """
+    flusher = as_flusher(sink)
     line_no = 0
     pending_from = 0
     digest = hashlib.blake2b(digest_size=16)
@@ -233,8 +247,7 @@ def feed(  # noqa: PLR0917 - a source's name, number and batches, then where the
         pieces = flush_ranges(line_no, len(batch), flush_rows)
         for k, (lo, hi) in enumerate(pieces):
             lines = batch[lo - line_no : hi - line_no] if len(pieces) > 1 else batch
-            digest.update(b"\n".join(lines))
-            digest.update(b"\n")
+            flusher.run(_hash_lines, digest, lines)  # in order with the flushes' tokens
             keep = [i for i, line in enumerate(lines) if line.strip()]
             messages = [lines[i] for i in keep] if len(keep) != len(lines) else lines
             out = engine.process(
@@ -246,17 +259,16 @@ def feed(  # noqa: PLR0917 - a source's name, number and batches, then where the
             result.stats.update(out.stats)
             result.alerts.update(a.type for a in out.alerts if a.status == "firing")
             result.alert_statuses.update(a.status for a in out.alerts)
-            if sink is not None:
-                sink.add(out)
-                if hi % flush_rows == 0:
-                    sink.flush(_token(pending_from, hi, digest))
-                    pending_from = hi
+            flusher.add(out)
+            if hi % flush_rows == 0:
+                flusher.flush(partial(_token, pending_from, hi, digest))
+                pending_from = hi
             if on_progress is not None:
                 on_progress(consumed if k == len(pieces) - 1 else 0, len(messages))
         line_no += len(batch)
-    if sink is not None and line_no > pending_from:
-        sink.flush(_token(pending_from, line_no, digest))
-    return digest.hexdigest()
+    if line_no > pending_from:
+        flusher.flush(partial(_token, pending_from, line_no, digest))
+    return digest
 
 
 def feed_otlp(  # noqa: PLR0917 - as feed: a source's name, number and lines, then where they go
@@ -264,27 +276,30 @@ def feed_otlp(  # noqa: PLR0917 - as feed: a source's name, number and lines, th
     file_no: int,
     lines: Iterable[bytes],
     engine: Engine,
-    sink: ClickHouseSink | None,
+    sink: Sink | Flusher | None,
     result: ReplayStats,
     *,
     batch_size: int,
     flush_rows: int,
     tenant_attribute: str = DEFAULT_TENANT_ATTRIBUTE,
     on_progress: Callable[[int, int], None] | None = None,
-) -> str:
+) -> hashlib.blake2b:
     """Process the OTLP JSON ``lines`` of one source (one ``ExportTraceServiceRequest``
     each): their inference spans' events through ``engine``, in batches of about
     ``batch_size``; conversion rejects into the rejected rows, skipped spans counted as
     ``spans_skipped``. Positions and flushes as the module doc says. Returns the digest of
-    the source (BLAKE2b-128 of its lines, seeded by the format and tenant attribute)."""
+    the source (BLAKE2b-128 of its lines, seeded by the format and tenant attribute),
+    complete once the flusher has run what it was given."""
+    flusher = as_flusher(sink)
     digest = hashlib.blake2b(digest_size=16)
     digest.update(b"otlp-json\x00" + tenant_attribute.encode() + b"\n")
+    unhashed: list[bytes] = []  # lines read since the last hash job
     batch = _SpanBatch()
     line_no = pending_from = position = 0
     block = 0  # flush_rows blocks of positions already flushed
     for raw in lines:
         line = raw.rstrip(b"\r\n")
-        digest.update(line + b"\n")
+        unhashed.append(line)
         line_no += 1
         batch.consumed += len(raw)
         if line.strip():
@@ -296,17 +311,21 @@ def feed_otlp(  # noqa: PLR0917 - as feed: a source's name, number and lines, th
             position += n + len(spans.rejected) + spans.skipped
             result.stats["spans_skipped"] += spans.skipped
         if position // flush_rows > block:
-            batch = _process(batch, engine, name, file_no, sink, result, on_progress)
+            batch = _process(batch, engine, name, file_no, flusher, result, on_progress)
             block = position // flush_rows
-            if sink is not None:
-                sink.flush(_token(pending_from, line_no, digest))
-                pending_from = line_no
+            flusher.run(_hash_lines, digest, unhashed)
+            unhashed = []
+            flusher.flush(partial(_token, pending_from, line_no, digest))
+            pending_from = line_no
         elif len(batch.events) >= batch_size:
-            batch = _process(batch, engine, name, file_no, sink, result, on_progress)
-    _process(batch, engine, name, file_no, sink, result, on_progress)
-    if sink is not None and line_no > pending_from:
-        sink.flush(_token(pending_from, line_no, digest))
-    return digest.hexdigest()
+            batch = _process(batch, engine, name, file_no, flusher, result, on_progress)
+            flusher.run(_hash_lines, digest, unhashed)
+            unhashed = []
+    _process(batch, engine, name, file_no, flusher, result, on_progress)
+    flusher.run(_hash_lines, digest, unhashed)
+    if line_no > pending_from:
+        flusher.flush(partial(_token, pending_from, line_no, digest))
+    return digest
 
 
 @dataclass
@@ -324,7 +343,7 @@ def _process(  # noqa: PLR0917 - one batch, then where it goes
     engine: Engine,
     name: str,
     file_no: int,
-    sink: ClickHouseSink | None,
+    flusher: Flusher,
     result: ReplayStats,
     on_progress: Callable[[int, int], None] | None,
 ) -> _SpanBatch:
@@ -345,8 +364,7 @@ def _process(  # noqa: PLR0917 - one batch, then where it goes
     result.stats.update(out.stats)
     result.alerts.update(a.type for a in out.alerts if a.status == "firing")
     result.alert_statuses.update(a.status for a in out.alerts)
-    if sink is not None:
-        sink.add(out)
+    flusher.add(out)
     if on_progress is not None:
         on_progress(batch.consumed, n + len(batch.rejects))
     return _SpanBatch()
@@ -377,17 +395,39 @@ def _add_rejects(
     out.stats["events"] += k
 
 
+def as_flusher(sink: Sink | Flusher | None) -> Flusher:
+    """``sink`` itself if it is a flusher, else an inline :class:`Flusher` of it."""
+    return sink if isinstance(sink, Flusher) else Flusher(sink)
+
+
+def _hash_lines(digest: hashlib.blake2b, lines: list[bytes]) -> None:
+    """Hash ``lines``, each ended by one LF (hashlib releases the GIL for the bulk)."""
+    if lines:
+        digest.update(b"\n".join(lines))
+        digest.update(b"\n")
+
+
 def _token(first: int, end: int, digest: hashlib.blake2b) -> str:
     """The insert token of lines ``[first, end)``; ``digest`` has hashed lines ``[0, end)``."""
     return f"replay:{first}-{end}:{digest.hexdigest()}"
 
 
-def finish(engine: Engine, sink: ClickHouseSink | None, result: ReplayStats, token: str) -> None:
-    """Close open windows and write the final alerts and budget states."""
+def _final_token(digests: list[hashlib.blake2b]) -> str:
+    """The final flush's token: the digests of every source, in order."""
+    whole = hashlib.blake2b(digest_size=16)
+    for digest in digests:
+        whole.update(digest.hexdigest().encode("ascii") + b"\n")
+    return f"replay:final:{whole.hexdigest()}"
+
+
+def finish(engine: Engine, sink: Sink | Flusher | None, result: ReplayStats, token: Token) -> None:
+    """Close open windows, write the final alerts and budget states, and wait until every
+    flush is written (raising a flush's error)."""
+    flusher = as_flusher(sink)
     final = engine.finish()
     result.alerts.update(a.type for a in final.alerts if a.status == "firing")
     result.alert_statuses.update(a.status for a in final.alerts)
-    if sink is not None:
-        sink.add_alerts(final.alerts)
-        sink.add_states(final.budget_states)
-        sink.flush(token)
+    flusher.add_alerts(final.alerts)
+    flusher.add_states(final.budget_states)
+    flusher.flush(token)
+    flusher.wait()
