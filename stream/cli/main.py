@@ -232,7 +232,7 @@ def cmd_replay(args: argparse.Namespace, console: Console) -> int:
     from llmops_stream.stream.files.flushing import BackgroundFlusher  # noqa: PLC0415
     from llmops_stream.stream.files.replay import FORMATS, build_engine, replay  # noqa: PLC0415
 
-    from .summary import print_run_summary, progress_bar  # noqa: PLC0415
+    from .summary import prepared_kernels, print_run_summary, progress_bar  # noqa: PLC0415
 
     if args.format not in FORMATS:
         raise ConfigError(f"bad --format {args.format!r}: use one of {', '.join(FORMATS)}")
@@ -241,6 +241,7 @@ def cmd_replay(args: argparse.Namespace, console: Console) -> int:
             raise ConfigError(f"no such file: {f}")
     settings = _settings(args)
     engine = build_engine(settings)
+    prepared_kernels(Console(stderr=True))
     client = _connect(settings)
     db = settings.clickhouse_database
     total = sum(Path(f).stat().st_size for f in args.files if f != "-") or None
@@ -422,11 +423,12 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
     from rich.console import Console  # noqa: PLC0415
 
     from .demo import run_demo  # noqa: PLC0415
-    from .summary import print_report, print_run_summary, progress_bar  # noqa: PLC0415
+    from .summary import prepared_kernels, print_report, print_run_summary, progress_bar  # noqa: PLC0415
 
     if args.events <= 0 or args.tenants <= 0:
         raise ConfigError("--events and --tenants must be positive")
     settings = _settings(args)
+    prepared_kernels(Console(stderr=True))
     with tempfile.TemporaryDirectory(prefix="llmops-demo-") as tmp:
         progress = progress_bar(Console(stderr=True))
         result = run_demo(

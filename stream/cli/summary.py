@@ -17,6 +17,18 @@ from rich.progress import (
 from rich.table import Table
 
 
+def prepared_kernels(console: Console) -> float:
+    """Compile (on the first run after an install) or load the engine's kernels, under a
+    status line so a first run's pause is explained; returns the seconds it took."""
+    from llmops_stream.stream.core.warmup import warm_up  # noqa: PLC0415 - numba is heavy
+
+    with console.status(
+        "Preparing the engine's kernels (compiled on the first run after an install, "
+        "20-60 s; cached after that)"
+    ):
+        return warm_up()
+
+
 def progress_bar(console: Console) -> Progress:
     """The progress bar of the long commands (a task's ``rate`` field is shown beside it)."""
     return Progress(

@@ -55,6 +55,7 @@ from llmops_stream.stream.clickhouse.sink import ClickHouseSink
 from llmops_stream.stream.core.engine import Engine, EngineConfig
 from llmops_stream.stream.core.evalset import EvalSetWatcher
 from llmops_stream.stream.core.timeutil import now_ms
+from llmops_stream.stream.core.warmup import warm_up
 from llmops_stream.stream.runtime import memory
 from llmops_stream.stream.runtime.metrics import WorkerMetrics
 from llmops_stream.stream.runtime.settings import Settings
@@ -136,6 +137,9 @@ class Worker(Intake):
         # at the default 5 ms switch interval each take waits behind the engine, stretching
         # a flush (and so alert latency) to seconds. 0.5 ms keeps it in step.
         sys.setswitchinterval(0.0005)
+        # before joining the group: a first run's kernel compile (tens of seconds) must not
+        # make the worker late for its first heartbeats
+        log.info({"event": "kernels_ready", "seconds": round(warm_up(), 2)})
         kw = kafka_kwargs(self.s)
         await ensure_topics(self.s)
         self.consumer = AIOKafkaConsumer(
