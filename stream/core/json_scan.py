@@ -28,6 +28,8 @@ caller applies them to columns from either path alike.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -421,4 +423,37 @@ def scan_calls(buf: np.ndarray, offsets: np.ndarray, max_bytes: int) -> CallScan
         raise TypeError("offsets must be an int64[n+1] array")
     if offsets[0] < 0 or offsets[-1] > buf.shape[0] or np.any(np.diff(offsets) < 0):
         raise ValueError("offsets must increase within the buffer")
-    return CallScan(*_scan(buf, offsets, int(max_bytes)))
+    n = offsets.shape[0] - 1
+    if n < _SPLIT_MIN or _workers() < 2:
+        return CallScan(*_scan(buf, offsets, int(max_bytes)))
+    # The kernel runs without the GIL: the second half of a large batch is scanned on
+    # another core meanwhile. Spans are positions in the shared buffer, and chunks come in
+    # message order, so the halves' results simply follow each other.
+    mid = n // 2
+    second = _executor().submit(_scan, buf, offsets[mid:], int(max_bytes))
+    a = _scan(buf, offsets[: mid + 1], int(max_bytes))
+    b = second.result()
+    return CallScan(
+        np.concatenate([a[0], b[0]]),
+        np.concatenate([a[1], b[1]], axis=1),
+        np.concatenate([a[2], b[2]], axis=1),
+        np.concatenate([a[3], b[3]], axis=1),
+        np.concatenate([a[4], b[4]], axis=1),
+        np.concatenate([a[5], b[5]]),
+        np.concatenate([a[6], b[6]]),
+    )
+
+
+_SPLIT_MIN = 4096  # below it a thread hand-over costs more than half a scan saves
+_POOL: list[ThreadPoolExecutor] = []
+
+
+def _workers() -> int:
+    """CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _executor() -> ThreadPoolExecutor:
+    if not _POOL:
+        _POOL.append(ThreadPoolExecutor(1, thread_name_prefix="llmops-scan"))
+    return _POOL[0]

@@ -41,7 +41,7 @@ def segment(worker: Worker, tp: TopicPartition, records: list[Any], end: int) ->
         sink=ClickHouseSink(worker.client, DB),
     )
     worker.runs[tp] = run
-    worker._process(run, records[:end])
+    worker._process(run, [r.value for r in records[:end]], [r.offset for r in records[:end]])
     return _Part(
         run=run, start=0, end=end, sink=run.sink, records=[], alert_types=[], snapshot=None
     )

@@ -9,9 +9,11 @@ from typing import Any
 
 import numpy as np
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from llmops_stream.stream.core import json_scan
 from llmops_stream.stream.core.decode import CallBatch, decode_batch
 from llmops_stream.stream.core.interning import Interners
 from llmops_stream.stream.core.json_scan import scan_calls
@@ -187,3 +189,27 @@ def mutated(draw: st.DrawFn) -> bytes:
 @given(st.lists(mutated(), min_size=1, max_size=12), st.lists(st.sampled_from(SYNTH), max_size=4))
 def test_mutated_messages_agree(messages: list[bytes], good: list[bytes]) -> None:
     assert_same(messages + good)
+
+
+def test_a_batch_scanned_in_two_halves_on_two_threads_is_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # large enough to be split, with bad and declined messages spread over both halves
+    messages = [m for i, m in enumerate(SYNTH * 12) if i % 50] + BAD * 3
+    messages = messages[::2] + messages[1::2]
+    offsets = np.zeros(len(messages) + 1, dtype=np.int64)
+    np.cumsum([len(m) for m in messages], out=offsets[1:])
+    buf = np.frombuffer(b"".join(messages), dtype=np.uint8)
+    monkeypatch.setattr(json_scan, "_workers", lambda: 2)
+    monkeypatch.setattr(json_scan, "_SPLIT_MIN", 10**9)
+    whole = scan_calls(buf, offsets, 1 << 20)
+    monkeypatch.setattr(json_scan, "_SPLIT_MIN", 2)
+    halves = scan_calls(buf, offsets, 1 << 20)
+    assert whole.ok.sum() > len(SYNTH) and (~whole.ok).sum() >= len(BAD)
+    for name in whole.__dataclass_fields__:
+        a, b = getattr(whole, name), getattr(halves, name)
+        ok = whole.ok
+        if name in ("ints", "floats", "starts", "ends"):  # rows of declined ones are junk
+            a, b = a[:, ok], b[:, ok]
+        np.testing.assert_array_equal(a, b, err_msg=name)
+    assert_same(messages)  # and the whole decode agrees with msgspec on the split path
