@@ -30,7 +30,13 @@ from pathlib import Path
 import orjson
 from google.protobuf.json_format import MessageToDict
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import (
+    AnyValue,
+    ArrayValue,
+    InstrumentationScope,
+    KeyValue,
+)
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -79,7 +85,7 @@ def make_requests(calls: int, per_request: int, seed: int) -> list[ExportTraceSe
                 _kv("gen_ai.response.id", f"chatcmpl-{i:012d}"),
                 KeyValue(
                     key="gen_ai.response.finish_reasons",
-                    value=AnyValue(array_value={"values": [AnyValue(string_value="stop")]}),
+                    value=AnyValue(array_value=ArrayValue(values=[AnyValue(string_value="stop")])),
                 ),
                 _kv("gen_ai.usage.input_tokens", inp),
                 _kv("gen_ai.usage.output_tokens", rng.randrange(1, 900)),
@@ -97,7 +103,9 @@ def make_requests(calls: int, per_request: int, seed: int) -> list[ExportTraceSe
                 start_time_unix_nano=start,
                 end_time_unix_nano=start + rng.randrange(100_000_000, 5_000_000_000),
                 attributes=attrs,
-                status=Status(code=Status.STATUS_CODE_ERROR if i % 50 == 0 else 0),
+                status=Status(
+                    code=Status.STATUS_CODE_ERROR if i % 50 == 0 else Status.STATUS_CODE_UNSET
+                ),
             )
             spans = by_tenant.setdefault(i % 20, [])
             spans.append(span)
@@ -125,8 +133,12 @@ def make_requests(calls: int, per_request: int, seed: int) -> list[ExportTraceSe
             ]
             resource_spans.append(
                 ResourceSpans(
-                    resource={"attributes": resource},
-                    scope_spans=[ScopeSpans(scope={"name": "genai.instrumentation"}, spans=spans)],
+                    resource=Resource(attributes=resource),
+                    scope_spans=[
+                        ScopeSpans(
+                            scope=InstrumentationScope(name="genai.instrumentation"), spans=spans
+                        )
+                    ],
                 )
             )
         requests.append(ExportTraceServiceRequest(resource_spans=resource_spans))
@@ -182,6 +194,11 @@ def convert(records: list[bytes], encoding: str) -> None:
         spans_to_events(record, encoding)
 
 
+def _bind(fn: Callable[..., object], *args: object) -> Callable[[], object]:
+    """``fn`` with its arguments fixed now (a loop's lambdas would all see its last ones)."""
+    return lambda: fn(*args)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--calls", type=int, default=200_000)
@@ -206,8 +223,8 @@ def main() -> int:
     n = len(events)
     results = {"json_events": best_rate(n, lambda: run_events(events, prices), args.repeat)}
     for enc, recs in records.items():
-        results[f"convert_{enc}"] = best_rate(n, lambda r=recs, e=enc: convert(r, e), args.repeat)
-        results[enc] = best_rate(n, lambda r=recs, e=enc: run_spans(r, e, prices), args.repeat)
+        results[f"convert_{enc}"] = best_rate(n, _bind(convert, recs, enc), args.repeat)
+        results[enc] = best_rate(n, _bind(run_spans, recs, enc, prices), args.repeat)
     size = {enc: sum(map(len, recs)) / n for enc, recs in records.items()}
     print(
         f"{n:,} calls in requests of {args.per_request} (+1 HTTP span per 4 calls); "
