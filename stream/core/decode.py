@@ -42,8 +42,8 @@ _STATUS_CODE: dict[str | None, int] = {s: i for i, s in enumerate(STATUSES)}
 _STATUS_CODE[None] = STATUS_OK
 
 REJECT_REASONS: dict[str, str] = {
-    "invalid_json": "not one JSON object: syntax error, truncated, trailing data or a "
-    "non-object top level",
+    "invalid_json": "not one JSON object: syntax error, truncated, trailing data, a "
+    "non-object top level, or nested too deeply to decode",
     "invalid_utf8": "the bytes are not valid UTF-8",
     "missing_field": "a required field is absent: event_id, ts, tenant_id, model, usage, "
     "usage.input_tokens or usage.output_tokens",
@@ -171,7 +171,7 @@ class Rejected:
                 peek = _PEEK.decode(raw)
                 tenant = peek.tenant_id if isinstance(peek.tenant_id, str) else ""
                 event = peek.event_id if isinstance(peek.event_id, str) else ""
-            except (msgspec.DecodeError, UnicodeDecodeError):
+            except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
                 pass
         self.index.append(index)
         self.reason.append(reason)
@@ -287,7 +287,7 @@ def _decode_events(messages: list[bytes], rejected: Rejected) -> tuple[list[Call
     if too_big.size == 0:
         try:
             return list(map(_DECODER.decode, messages)), list(range(len(messages)))
-        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError):
             pass  # at least one bad message: find it below
     big = set(too_big.tolist())
     events: list[CallEvent] = []
@@ -301,6 +301,8 @@ def _decode_events(messages: list[bytes], rejected: Rejected) -> tuple[list[Call
             keep.append(i)
         except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
             rejected.add(i, _classify(exc, m), str(exc), m)
+        except RecursionError:  # a valid document msgspec cannot descend into
+            rejected.add(i, "invalid_json", "nested too deeply to decode (arrays or objects)", m)
     return events, keep
 
 

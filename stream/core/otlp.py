@@ -405,12 +405,14 @@ class _RawRequest(msgspec.Struct, gc=False, rename="camel"):
 _REQUEST = msgspec.json.Decoder(_Request)
 _RAW_REQUEST = msgspec.json.Decoder(_RawRequest)
 _ANY = msgspec.json.Decoder(_AnyValue | None)  # an absent value is null: no value
+# what a JSON request msgspec cannot read raises (RecursionError: nested beyond its limit)
+_UNDECODABLE = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError)
 
 
 def _from_json(record: bytes, tenant_attribute: str) -> SpanEvents:
     try:
         request = _REQUEST.decode(record)
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
+    except _UNDECODABLE as exc:
         return _invalid(record, f"not an ExportTraceServiceRequest (otlp_json): {exc}")
     b = _Builder(tenant_attribute)
     keys = b.keys
@@ -432,7 +434,7 @@ def _from_json(record: bytes, tenant_attribute: str) -> SpanEvents:
                         continue
                     code = _STATUS_NAMES.get(status, 0) if isinstance(status, str) else status
                     b.span(attrs, ids, start, end, code, resource, (r, s, k))
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, _BadSpan) as exc:
+    except (*_UNDECODABLE, _BadSpan) as exc:
         # a resource attribute, or a mapped span attribute, whose value is no AnyValue
         return _invalid(record, f"not an ExportTraceServiceRequest (otlp_json): {exc}")
     out = b.out

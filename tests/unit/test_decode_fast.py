@@ -213,3 +213,16 @@ def test_a_batch_scanned_in_two_halves_on_two_threads_is_the_same(
             a, b = a[:, ok], b[:, ok]
         np.testing.assert_array_equal(a, b, err_msg=name)
     assert_same(messages)  # and the whole decode agrees with msgspec on the split path
+
+
+def test_a_valid_event_nested_too_deeply_is_rejected_not_the_batch() -> None:
+    # an unknown field nested far beyond msgspec's recursion limit: it used to raise
+    # RecursionError out of decode_batch, failing every event of the batch with it
+    good = list(SYNTH[:3])
+    deep = b'{"extra":' + b"[" * 5000 + b"]" * 5000 + b"," + good[0][1:]
+    for fast in (True, False):
+        batch, rejected = decode_batch([good[0], deep, good[1], good[2]], fast=fast)
+        assert batch.src_index.tolist() == [0, 2, 3]
+        assert rejected.index == [1] and rejected.reason == ["invalid_json"]
+        assert "nested too deeply" in rejected.detail[0]
+    assert_same([deep, *good])

@@ -348,3 +348,20 @@ def test_an_attribute_without_value_is_absent() -> None:
     (event,) = events_of(both(request))
     assert "model" not in event and "reasoning_tokens" not in event["usage"]
     assert decode_batch([orjson.dumps(event)])[1].reason == ["missing_field"]
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        b'{"resourceSpans":[{"x":' + b"[" * 5000 + b"]" * 5000 + b"}]}",
+        b'{"resourceSpans":[{"resource":{"attributes":[{"key":"a","value":'
+        + b'{"arrayValue":{"values":[' * 3000
+        + b"]}}" * 3000
+        + b"}]}}]}",
+    ],
+    ids=["unknown-field", "attribute-value"],
+)
+def test_a_request_nested_too_deeply_is_rejected_not_raised(record: bytes) -> None:
+    out = spans_to_events(record, "otlp_json")
+    assert out.events == [] and [r.reason for r in out.rejected] == ["invalid_otlp"]
+    assert "recursion" in out.rejected[0].detail
