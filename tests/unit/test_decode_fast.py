@@ -5,6 +5,7 @@ and the Rejected lists, on valid, bad and mutated events."""
 from __future__ import annotations
 
 import base64
+import copy
 from typing import Any
 
 import numpy as np
@@ -163,10 +164,12 @@ def mutated(draw: st.DrawFn) -> bytes:
         if action == "drop":
             event.pop(key, None)
         elif action == "set":
-            event[key] = draw(_VALUES)
+            # a copy: st.just hands out the same dict every time, which a later mutation
+            # would change for every example (or make refer to itself)
+            event[key] = copy.deepcopy(draw(_VALUES))
         elif isinstance(event.get("usage"), dict):
             sub = draw(st.sampled_from(["input_tokens", "output_tokens", "reasoning_tokens"]))
-            event["usage"][sub] = draw(_VALUES)
+            event["usage"][sub] = copy.deepcopy(draw(_VALUES))
     raw = orjson.dumps(event)
     kind = draw(st.sampled_from(["none", "dup", "number", "escape", "ws", "cut", "byte"]))
     if kind == "dup":  # a repeated key (orjson never writes one)
