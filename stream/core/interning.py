@@ -47,15 +47,14 @@ class Interner:
     """
 
     def __init__(self) -> None:
-        self._index: dict[str, int] = {"": 0}
-        self._values: list[str] = [""]
+        self._index: dict[str, int] = {"": 0}  # its length is the number of values
         self._array = np.empty(16, dtype=object)  # values, with spare room to grow into
         self._array[0] = ""
         self._arrow: tuple[int, pa.Array] | None = None
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return len(self._values)
+        return len(self._index)
 
     def encode(self, values: np.ndarray) -> np.ndarray:
         """int32[n] codes of ``values`` (object[n] of ``str``), new strings added."""
@@ -69,13 +68,12 @@ class Interner:
     def _code(self, value: str) -> int:
         code = self._index.get(value)
         if code is None:
-            code = len(self._values)
+            code = len(self._index)
             if code >= len(self._array):  # doubling keeps appends amortised O(1)
                 grown = np.empty(2 * len(self._array), dtype=object)
                 grown[:code] = self._array[:code]
                 self._array = grown
-            self._array[code] = value
-            self._values.append(value)
+            self._array[code] = value  # before the index: a reader's length covers it
             self._index[value] = code
         return code
 
@@ -90,9 +88,9 @@ class Interner:
         with self._lock:
             cached = self._arrow
             if cached is None:
-                cached = (size, pa.array(self._values[:size], type=pa.string()))
+                cached = (size, pa.array(self._array[:size], type=pa.string()))
             elif cached[0] < size:  # only the new values are converted
-                more = pa.array(self._values[cached[0] : size], type=pa.string())
+                more = pa.array(self._array[cached[0] : size], type=pa.string())
                 cached = (size, pa.concat_arrays([cached[1], more]))
             self._arrow = cached
         return cached[1] if cached[0] == size else cached[1].slice(0, size)
